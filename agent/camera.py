@@ -1,0 +1,214 @@
+"""One capture thread per camera over OpenCV VideoCapture.
+
+A camera that fails to open, stops delivering, or errors is reopened with
+exponential backoff and jitter; it never affects other cameras. A source that
+can never open here (e.g. a GStreamer pipeline without GStreamer) is `failed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import cv2
+
+from agent.backoff import Backoff
+from agent.config import CameraConfig
+from agent.demo.clips import ensure_demo_clip
+from agent.frames import Frame, FrameSlot
+from agent.sources import (
+    Source,
+    SourceError,
+    SourceKind,
+    SourceUnsupported,
+    describe,
+    jetson_csi_pipeline,
+    jetson_rtsp_pipeline,
+    require_gstreamer,
+)
+
+log = logging.getLogger(__name__)
+
+
+class _End(Enum):
+    FILE_END = "file_end"
+    ERROR = "error"
+    UNSUPPORTED = "unsupported"
+    STOPPED = "stopped"
+
+
+class CameraState(str, Enum):
+    CONNECTING = "connecting"
+    RUNNING = "running"
+    RECONNECTING = "reconnecting"
+    FAILED = "failed"  # can never open here; not retried
+    FINISHED = "finished"  # a file without loop reached its end
+    STOPPED = "stopped"
+
+
+@dataclass
+class CameraStats:
+    state: CameraState
+    frames_captured: int
+    frames_dropped: int  # overwritten in the slot before inference took them
+    frames_skipped: int  # read but above the target fps
+    reconnects: int
+    last_error: str | None
+    source: str
+
+
+Opener = Callable[[Source, CameraConfig], cv2.VideoCapture]
+
+
+def open_capture(source: Source, cam: CameraConfig, data_dir: Path) -> cv2.VideoCapture:
+    """Open a source with the right OpenCV backend; raises SourceError."""
+    timeout_ms = int(cam.no_frame_timeout_s * 1000)
+    if source.kind in (SourceKind.FILE, SourceKind.DEMO):
+        path = ensure_demo_clip(data_dir, int(source.value)) if source.kind is SourceKind.DEMO \
+            else Path(str(source.value)).expanduser()
+        if not path.is_file():
+            raise SourceError(f"file not found: {path}")
+        cap = cv2.VideoCapture(str(path))
+    elif source.kind is SourceKind.V4L2:
+        cap = cv2.VideoCapture(source.value, cv2.CAP_V4L2)
+        if cam.width and cam.height:
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, cam.width)
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, cam.height)
+        cap.set(cv2.CAP_PROP_FPS, cam.fps)
+        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+    elif source.kind is SourceKind.NETWORK and cam.hw_decode == "jetson":
+        require_gstreamer("hardware-decoded RTSP (hw_decode: jetson)")
+        cap = cv2.VideoCapture(jetson_rtsp_pipeline(str(source.value), cam.codec), cv2.CAP_GSTREAMER)
+    elif source.kind is SourceKind.NETWORK:
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
+        cap = cv2.VideoCapture(str(source.value), cv2.CAP_FFMPEG, params)
+    elif source.kind is SourceKind.CSI:
+        require_gstreamer("a CSI camera (csi:N)")
+        pipeline = jetson_csi_pipeline(int(source.value), cam.width or 1920, cam.height or 1080, cam.fps)
+        cap = cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER)
+    else:
+        require_gstreamer("a GStreamer pipeline (gst:...)")
+        cap = cv2.VideoCapture(str(source.value), cv2.CAP_GSTREAMER)
+    if not cap.isOpened():
+        cap.release()
+        raise SourceError(f"cannot open {describe(source)}")
+    return cap
+
+
+class Camera:
+    """Captures one source into its FrameSlot until stopped."""
+
+    def __init__(self, config: CameraConfig, slot: FrameSlot, data_dir: Path,
+                 opener: Opener | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.slot = slot
+        self._source = config.parsed_source
+        self._open: Opener = opener or (lambda s, c: open_capture(s, c, data_dir))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"camera-{self.name}", daemon=True)
+        self._backoff = Backoff(config.reconnect.initial_s, config.reconnect.max_s)
+        self.state = CameraState.CONNECTING
+        self.frames_captured = 0
+        self.frames_skipped = 0
+        self.reconnects = 0
+        self.last_error: str | None = None
+        self._next_number = 0
+
+    # -- lifecycle ----------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.slot.close()
+
+    def join(self, timeout: float) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def stats(self) -> CameraStats:
+        return CameraStats(self.state, self.frames_captured, self.slot.dropped, self.frames_skipped,
+                           self.reconnects, self.last_error, describe(self._source))
+
+    # -- capture loop -------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                ended = self._session()
+                if self._stop.is_set():
+                    break
+                if ended is _End.FILE_END:
+                    if self.config.loop:
+                        continue  # loop: reopen at once, not a failure
+                    self.state = CameraState.FINISHED
+                    return
+                if ended is _End.UNSUPPORTED:
+                    self.state = CameraState.FAILED
+                    return
+                self.state = CameraState.RECONNECTING
+                self.reconnects += 1
+                delay = self._backoff.next_delay()
+                log.info("camera %s: reconnecting in %.1fs (%s)", self.name, delay, self.last_error)
+                self._stop.wait(delay)
+        except Exception as exc:  # a bug must not go unnoticed, nor take the agent down
+            log.exception("camera %s: capture thread crashed", self.name)
+            self.last_error = f"internal error: {exc}"
+            self.state = CameraState.FAILED
+            return
+        self.state = CameraState.STOPPED
+
+    def _session(self) -> _End:
+        """Open the source and read until it ends or fails."""
+        try:
+            cap = self._open(self._source, self.config)
+        except SourceUnsupported as exc:
+            self.last_error = str(exc)
+            log.error("camera %s: %s", self.name, exc)
+            return _End.UNSUPPORTED
+        except SourceError as exc:
+            self.last_error = str(exc)
+            return _End.ERROR
+        try:
+            return self._read_loop(cap)
+        finally:
+            cap.release()
+
+    def _read_loop(self, cap: cv2.VideoCapture) -> _End:
+        period = 1.0 / self.config.fps
+        is_file = self._source.is_file
+        paced = not is_file or self.config.realtime
+        next_due = time.monotonic()
+        delivered = 0
+        while not self._stop.is_set():
+            ok, image = cap.read()
+            now = time.monotonic()
+            if not ok or image is None:
+                if is_file and delivered:
+                    return _End.FILE_END
+                self.last_error = "file delivered no frames" if is_file else "source stopped delivering frames"
+                return _End.ERROR
+            delivered += 1
+            if self.state is not CameraState.RUNNING:
+                self.state = CameraState.RUNNING
+                self.last_error = None
+                self._backoff.reset()
+                log.info("camera %s: running (%s)", self.name, describe(self._source))
+            if paced and not is_file and now < next_due - period * 0.1:
+                self.frames_skipped += 1  # live source faster than the target fps
+                continue
+            frame = Frame(self.name, self._next_number, image, int(time.time() * 1000), now)
+            self._next_number += 1
+            if not self.slot.put(frame):
+                return _End.STOPPED
+            self.frames_captured += 1
+            if paced:
+                next_due = max(next_due + period, now)
+                if is_file:
+                    self._stop.wait(max(0.0, next_due - time.monotonic()))
+        return _End.STOPPED

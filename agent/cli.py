@@ -1,0 +1,268 @@
+"""`edge-agent` command line: run, check, detect, eval, demo-clip, store, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from agent import __version__
+from agent.config import AgentConfig, ConfigError, load_config
+
+log = logging.getLogger("edge-agent")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _config_or_exit(path: Path | None) -> AgentConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"invalid config {exc.source}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    if getattr(args, "data_dir", None):
+        return Path(args.data_dir).expanduser()
+    return _config_or_exit(getattr(args, "config", None)).storage.path.expanduser()
+
+
+# -- run ------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.console import StatusPrinter
+    from agent.runtime import Runtime
+
+    config = _config_or_exit(args.config)
+    if args.data_dir:
+        config.storage.path = Path(args.data_dir).expanduser()
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("%s received, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    runtime = Runtime(config)
+    try:
+        runtime.start()
+    except Exception as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
+    printer = None if args.quiet else StatusPrinter(runtime.status, config.console.interval_s)
+    if printer:
+        printer.start()
+    stop.wait(args.duration)
+    if printer:
+        printer.stop()
+    runtime.stop()
+    status = runtime.status()
+    log.info("stopped; %d detections committed", status["store"]["committed_rows"])
+    return 0
+
+
+# -- check ----------------------------------------------------------------------------
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _config_or_exit(args.config)
+    print(f"{args.config}: valid ({len(config.cameras)} camera(s), model {config.model.path})")
+    return 0
+
+
+# -- demo-clip ------------------------------------------------------------------------
+def cmd_demo_clip(args: argparse.Namespace) -> int:
+    from agent.demo.clips import sidecar_path, write_clip
+
+    out = write_clip(Path(args.out), args.seconds, args.seed)
+    print(f"wrote {out} and {sidecar_path(out)}")
+    return 0
+
+
+# -- detect / eval --------------------------------------------------------------------
+def _detector(args: argparse.Namespace):
+    from engines import BackendUnavailable, DetectorConfig, ModelError, load_detector
+
+    settings: dict = {"path": args.model}
+    if getattr(args, "labels", None):
+        settings["labels"] = args.labels
+    if getattr(args, "score_threshold", None) is not None:
+        settings["score_threshold"] = args.score_threshold
+    try:
+        return load_detector(DetectorConfig(**settings))
+    except (ModelError, BackendUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    import cv2
+
+    detector = _detector(args)
+    status = 0
+    for image_path in args.images:
+        image = cv2.imread(image_path)
+        if image is None:
+            print(f"error: cannot read image {image_path}", file=sys.stderr)
+            status = 1
+            continue
+        detections = detector.detect([image])[0]
+        if args.json:
+            print(json.dumps({"image": image_path, "detections": [d.to_dict() for d in detections]}))
+        else:
+            print(f"{image_path}: {len(detections)} detection(s)")
+            for d in detections:
+                print(f"  {d.label:<12} {d.score:.2f}  " + " ".join(f"{v:.0f}" for v in d.box))
+    return status
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from agent.demo.clips import write_clip
+    from agent.demo.evaluate import evaluate_clip
+
+    detector = _detector(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = Path(args.clip) if args.clip else write_clip(Path(tmp) / "held-out.mp4", args.seconds, args.seed)
+        result = evaluate_clip(detector, clip)
+    names = detector.labels
+    report = {
+        "model": detector.info.model_path,
+        "clip": args.clip or f"generated (seed {args.seed}, {args.seconds:g}s)",
+        "frames": result.frames,
+        "truths": result.map50.truths,
+        "map50": round(result.map50.map, 4),
+        "map50_at_score_threshold": round(result.map50_at_operating.map, 4),
+        "score_threshold": detector.score_threshold,
+        "per_class_ap50": {names[c] if c < len(names) else str(c): round(ap, 4)
+                           for c, ap in result.map50.per_class.items()},
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"mAP@0.5 {report['map50']:.3f} on {report['frames']} frames ({report['truths']} objects); "
+              f"{report['map50_at_score_threshold']:.3f} counting only scores ≥ {detector.score_threshold}")
+        for name, ap in report["per_class_ap50"].items():
+            print(f"  {name:<12} AP50 {ap:.3f}")
+    return 0
+
+
+# -- store ----------------------------------------------------------------------------
+def cmd_store_stats(args: argparse.Namespace) -> int:
+    from agent import store
+
+    try:
+        result = store.stats(_data_dir(args))
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+    return 0
+
+
+def cmd_store_export(args: argparse.Namespace) -> int:
+    from agent import store
+
+    try:
+        for row in store.export_detections(_data_dir(args)):
+            sys.stdout.write(json.dumps(row) + "\n")
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# -- bench ----------------------------------------------------------------------------
+def cmd_bench(args: argparse.Namespace) -> int:
+    from agent.bench import run_bench
+
+    report = run_bench(args.model, args.cameras, args.seconds, args.threads)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for key, value in report.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-agent", description="Camera analytics agent for edge devices.")
+    p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("run", help="run the agent (no config: the built-in demo)")
+    s.add_argument("--config", type=Path)
+    s.add_argument("--data-dir", help="overrides storage.path")
+    s.add_argument("--duration", type=float, help="stop cleanly after this many seconds")
+    s.add_argument("--quiet", action="store_true", help="no status lines")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("check", help="validate a config file")
+    s.add_argument("--config", type=Path, required=True)
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("demo-clip", help="write a generated demo clip and its ground truth (FILE.json)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--seconds", type=float, default=20.0)
+    s.add_argument("--seed", type=int, default=1)
+    s.set_defaults(func=cmd_demo_clip)
+
+    s = sub.add_parser("detect", help="detect objects in images")
+    s.add_argument("--model", default="demo", help="ONNX file, or 'demo'")
+    s.add_argument("--labels", type=Path)
+    s.add_argument("--score-threshold", type=float)
+    s.add_argument("--json", action="store_true")
+    s.add_argument("images", nargs="+")
+    s.set_defaults(func=cmd_detect)
+
+    s = sub.add_parser("eval", help="mAP@0.5 of a model on a clip with ground truth")
+    s.add_argument("--model", default="demo")
+    s.add_argument("--clip", help="a clip with a FILE.json sidecar (default: a generated held-out clip)")
+    s.add_argument("--seed", type=int, default=1000, help="seed of the generated clip")
+    s.add_argument("--seconds", type=float, default=60.0)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("store", help="inspect the local store")
+    store_sub = s.add_subparsers(dest="store_command", required=True)
+    for name, func, help_text in (("stats", cmd_store_stats, "counts and sizes"),
+                                  ("export", cmd_store_export, "JSON lines, one per row")):
+        t = store_sub.add_parser(name, help=help_text)
+        t.add_argument("--data-dir")
+        t.add_argument("--config", type=Path)
+        if name == "stats":
+            t.add_argument("--json", action="store_true")
+        else:
+            t.add_argument("--kind", choices=["detections"], default="detections")
+        t.set_defaults(func=func)
+
+    s = sub.add_parser("bench", help="bare engine vs full pipeline throughput")
+    s.add_argument("--model", default="demo")
+    s.add_argument("--cameras", type=int, default=1)
+    s.add_argument("--seconds", type=float, default=20.0)
+    s.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: default)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

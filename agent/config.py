@@ -1,0 +1,163 @@
+"""The agent's configuration: one YAML file, validated by pydantic (unknown keys are errors).
+
+An empty or absent file gives the demo: two generated cameras and the built-in model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent.sources import Source, parse_source
+from engines.config import DetectorConfig
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # safe in MQTT topics and file names
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "edge-agent"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeviceConfig(_Strict):
+    id: str | None = Field(None, pattern=NAME_PATTERN, description="default: generated once, kept in the data dir")
+
+
+class ReconnectConfig(_Strict):
+    initial_s: float = Field(0.5, gt=0, le=60)
+    max_s: float = Field(30.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReconnectConfig:
+        if self.max_s < self.initial_s:
+            raise ValueError("max_s must be at least initial_s")
+        return self
+
+
+class CameraConfig(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    source: str | int
+    fps: float = Field(10.0, gt=0, le=240, description="target frames per second")
+    enabled: bool = True
+    loop: bool = True  # files: restart at the end
+    realtime: bool = True  # files: paced at fps like a live camera; false: every frame, no drops
+    width: int | None = Field(None, ge=16, le=8192, description="requested capture width (V4L2, CSI)")
+    height: int | None = Field(None, ge=16, le=8192)
+    no_frame_timeout_s: float = Field(10.0, gt=0, le=600)
+    reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
+    hw_decode: Literal["none", "jetson"] = "none"  # rtsp:// through nvv4l2decoder
+    codec: Literal["h264", "h265"] = "h264"
+
+    @field_validator("source")
+    @classmethod
+    def _valid_source(cls, v: str | int) -> str | int:
+        parse_source(v)
+        return v
+
+    @property
+    def parsed_source(self) -> Source:
+        return parse_source(self.source)
+
+
+def _demo_cameras() -> list[CameraConfig]:
+    return [CameraConfig(name=f"demo-{i}", source=f"demo:{i}", fps=10) for i in (1, 2)]
+
+
+class StorageConfig(_Strict):
+    path: Path = Field(default_factory=default_data_dir)
+    max_age_hours: float | None = Field(168.0, gt=0, description="detections older than this are trimmed")
+    max_size_mb: float | None = Field(1024.0, gt=1, description="database size cap; oldest rows trimmed first")
+    synchronous: Literal["full", "normal"] = Field(
+        "full", description="full: a committed row survives power loss; normal: faster, may lose the last commits"
+    )
+    queue_size: int = Field(2048, ge=16, le=1_000_000, description="frames of results waiting for the writer")
+    retention_interval_s: float = Field(60.0, gt=0, le=86400)
+
+
+class MqttConfig(_Strict):
+    host: str = Field(min_length=1)
+    port: int = Field(1883, ge=1, le=65535)
+
+
+class ConsoleConfig(_Strict):
+    interval_s: float = Field(1.0, gt=0, le=3600, description="status line period")
+
+
+class AgentConfig(_Strict):
+    device: DeviceConfig = Field(default_factory=DeviceConfig)
+    cameras: list[CameraConfig] = Field(default_factory=_demo_cameras, max_length=64)
+    model: DetectorConfig = Field(default_factory=DetectorConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    mqtt: MqttConfig | None = None  # absent: no broker
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
+
+    @field_validator("cameras")
+    @classmethod
+    def _unique_names(cls, cams: list[CameraConfig]) -> list[CameraConfig]:
+        seen: set[str] = set()
+        for cam in cams:
+            if cam.name in seen:
+                raise ValueError(f"camera name '{cam.name}' is used twice")
+            seen.add(cam.name)
+        return cams
+
+
+class ConfigError(Exception):
+    """Every problem with a config file, each with its key path."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+def _key_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def validate_config(data: object, source: str = "config") -> AgentConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["(top level): expected a mapping of settings"])
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            # Drop pydantic's union branch names (e.g. 'str', 'int') from the path.
+            loc = tuple(p for p in err["loc"] if p not in ("str", "int", "function-after[_ordered(), ReconnectConfig]"))
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{_key_path(loc)}: {msg}")
+        raise ConfigError(source, problems) from None
+
+
+def load_config(path: Path | None) -> AgentConfig:
+    """Load and validate a YAML config file; None gives the demo defaults."""
+    if path is None:
+        return AgentConfig()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror or exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(str(path), [f"{where}not valid YAML ({getattr(exc, 'problem', None) or exc})"]) from None
+    return validate_config(data, str(path))

@@ -1,0 +1,80 @@
+"""Demo video clips, written by OpenCV from the scene generator, with ground truth.
+
+Clips are made on first use (nothing is downloaded). Each `clip.mp4` has a
+sidecar `clip.mp4.json`: `{"labels": [...], "frames": [{"index", "objects":
+[{"label", "class_id", "box"}]}]}` so anyone can measure accuracy on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+
+from agent.demo.scene import CLASS_NAMES, SceneGenerator
+
+DEMO_CLIP_SECONDS = 60.0
+DEMO_CLIP_FPS = 15.0
+
+
+class ClipWriteError(Exception):
+    pass
+
+
+def sidecar_path(clip: Path) -> Path:
+    return clip.with_name(clip.name + ".json")
+
+
+def write_clip(out: Path, seconds: float = 20.0, seed: int = 1, fps: float = DEMO_CLIP_FPS,
+               width: int = 640, height: int = 360) -> Path:
+    """Write a clip and its ground-truth sidecar atomically (temp files, then rename)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    suffix = out.suffix or ".mp4"
+    fd, tmp_name = tempfile.mkstemp(prefix=".clip-", suffix=suffix, dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not writer.isOpened():
+        tmp.unlink(missing_ok=True)
+        raise ClipWriteError(f"OpenCV cannot write video to {out} (mp4v codec)")
+    gen = SceneGenerator(seed, width, height)
+    frames = []
+    try:
+        for index in range(max(1, round(seconds * fps))):
+            image, truths = gen.next_frame()
+            writer.write(image)
+            frames.append({"index": index, "objects": [
+                {"label": t.label, "class_id": t.class_id, "box": list(t.box)} for t in truths
+            ]})
+    finally:
+        writer.release()
+    meta = {"labels": list(CLASS_NAMES), "seed": seed, "fps": fps, "width": width, "height": height,
+            "frames": frames}
+    side_tmp = tmp.with_name(tmp.name + ".json")
+    side_tmp.write_text(json.dumps(meta, separators=(",", ":")), encoding="utf-8")
+    os.replace(side_tmp, sidecar_path(out))
+    os.replace(tmp, out)
+    return out
+
+
+def demo_clip_path(data_dir: Path, seed: int) -> Path:
+    return data_dir / "demo" / f"demo-{seed}.mp4"
+
+
+def ensure_demo_clip(data_dir: Path, seed: int) -> Path:
+    """The demo clip for `seed`, generated on first use."""
+    path = demo_clip_path(data_dir, seed)
+    if not (path.is_file() and sidecar_path(path).is_file()):
+        write_clip(path, DEMO_CLIP_SECONDS, seed)
+    return path
+
+
+def read_ground_truth(clip: Path) -> dict:
+    side = sidecar_path(clip)
+    try:
+        return json.loads(side.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{clip}: no ground-truth sidecar {side.name} next to it") from None

@@ -1,0 +1,113 @@
+"""Bounded measurements: latency percentiles over a window, and frame rates."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+WINDOW = 512  # samples kept per latency series
+
+
+class LatencyWindow:
+    """The last WINDOW samples of one latency, in milliseconds."""
+
+    def __init__(self, size: int = WINDOW) -> None:
+        self._values = np.zeros(size, np.float64)
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def add(self, ms: float) -> None:
+        with self._lock:
+            self._values[self._count % len(self._values)] = ms
+            self._count += 1
+
+    def percentiles(self, *qs: float) -> list[float | None]:
+        with self._lock:
+            n = min(self._count, len(self._values))
+            if n == 0:
+                return [None for _ in qs]
+            data = self._values[:n].copy()
+        return [float(v) for v in np.percentile(data, qs)]
+
+    def summary(self) -> dict[str, float | None]:
+        p50, p95 = self.percentiles(50, 95)
+        return {"p50_ms": None if p50 is None else round(p50, 2), "p95_ms": None if p95 is None else round(p95, 2)}
+
+
+class RateMeter:
+    """Events per second over the last few seconds."""
+
+    def __init__(self, horizon_s: float = 5.0, max_events: int = 4096) -> None:
+        self._times: deque[float] = deque(maxlen=max_events)
+        self._horizon = horizon_s
+        self._lock = threading.Lock()
+
+    def tick(self, now: float | None = None) -> None:
+        with self._lock:
+            self._times.append(time.monotonic() if now is None else now)
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            while self._times and now - self._times[0] > self._horizon:
+                self._times.popleft()
+            if len(self._times) < 2:
+                return 0.0
+            span = max(now - self._times[0], self._times[-1] - self._times[0])
+            return (len(self._times) - 1) / span if span > 0 else 0.0
+
+
+STAGES = ("capture_age", "pre", "infer", "post", "store")
+
+
+class PipelineMetrics:
+    """Per-camera stage latencies, processed-frame rate and detection counts."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stages: dict[str, dict[str, LatencyWindow]] = {}
+        self._fps: dict[str, RateMeter] = {}
+        self.frames: dict[str, int] = {}
+        self.detections: dict[str, int] = {}
+
+    def _camera(self, camera: str) -> dict[str, LatencyWindow]:
+        stages = self._stages.get(camera)
+        if stages is None:
+            with self._lock:
+                stages = self._stages.setdefault(camera, {s: LatencyWindow() for s in STAGES})
+                self._fps.setdefault(camera, RateMeter())
+                self.frames.setdefault(camera, 0)
+                self.detections.setdefault(camera, 0)
+        return stages
+
+    def record_frame(self, camera: str, timings_ms: dict[str, float], detections: int) -> None:
+        stages = self._camera(camera)
+        for stage, ms in timings_ms.items():
+            stages[stage].add(ms)
+        self._fps[camera].tick()
+        with self._lock:
+            self.frames[camera] += 1
+            self.detections[camera] += detections
+
+    def record_stage(self, camera: str, stage: str, ms: float) -> None:
+        self._camera(camera)[stage].add(ms)
+
+    def camera_summary(self, camera: str) -> dict:
+        stages = self._camera(camera)
+        return {
+            "fps": round(self._fps[camera].rate(), 2),
+            "frames": self.frames[camera],
+            "detections": self.detections[camera],
+            "stages": {name: w.summary() for name, w in stages.items()},
+        }
+
+    def stage_percentiles(self, stage: str, camera: str) -> list[float | None]:
+        return self._camera(camera)[stage].percentiles(50, 95)
+
+    def forget(self, camera: str) -> None:
+        with self._lock:
+            self._stages.pop(camera, None)
+            self._fps.pop(camera, None)

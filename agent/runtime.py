@@ -1,0 +1,120 @@
+"""The runtime owns every part and its threads, starts and stops them in order.
+
+Start: store → detector → inference worker → cameras. Stop: cameras →
+inference → store (which commits whatever is queued). A model that cannot be
+loaded is reported and the agent keeps capturing (DESIGN invariant 8).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from agent import __version__
+from agent.camera import Camera
+from agent.config import AgentConfig
+from agent.frames import Frame, FrameSlot
+from agent.identity import resolve_device_id
+from agent.inference import InferenceWorker
+from agent.metrics import PipelineMetrics
+from agent.store import Store
+from engines import BackendUnavailable, Detection, Detector, ModelError, load_detector
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, config: AgentConfig, data_dir: Path | None = None) -> None:
+        self.config = config
+        self.data_dir = (data_dir or config.storage.path).expanduser()
+        self.device_id = resolve_device_id(config.device.id, self.data_dir)
+        self.metrics = PipelineMetrics()
+        self.store = Store(self.data_dir, config.storage, on_commit=self._on_commit)
+        self._wake = threading.Event()
+        self.cameras: dict[str, Camera] = {}
+        self.detector: Detector | None = None
+        self.worker: InferenceWorker | None = None
+        self.model_error: str | None = None
+        self.started_mono: float | None = None
+
+    # -- wiring -------------------------------------------------------------------
+    def _on_commit(self, camera: str, ms: float) -> None:
+        self.metrics.record_stage(camera, "store", ms)
+
+    def _sink(self, frame: Frame, detections: list[Detection]) -> None:
+        self.store.submit(frame.camera, frame.number, frame.wall_ms, detections)
+
+    def _slots(self) -> list[FrameSlot]:
+        return [cam.slot for cam in list(self.cameras.values())]
+
+    # -- lifecycle ----------------------------------------------------------------
+    def start(self) -> None:
+        self.store.start()
+        try:
+            self.detector = load_detector(self.config.model)
+        except (ModelError, BackendUnavailable, OSError, ValueError) as exc:
+            self.model_error = str(exc)
+            log.error("model not loaded, capturing without detection: %s", exc)
+        if self.detector is not None:
+            info = self.detector.info
+            log.info("model %s: %s layout, input %dx%d, batch ≤ %d, %d classes, %s",
+                     info.model_path, info.layout, info.input_width, info.input_height,
+                     info.max_batch, len(info.labels), ",".join(info.providers))
+            self.worker = InferenceWorker(self.detector, self._slots, self._sink, self.metrics, self._wake)
+            self.worker.start()
+        for cam_config in self.config.cameras:
+            if not cam_config.enabled:
+                continue
+            source = cam_config.parsed_source
+            slot = FrameSlot(blocking=source.is_file and not cam_config.realtime, wake=self._wake)
+            camera = Camera(cam_config, slot, self.data_dir)
+            self.cameras[cam_config.name] = camera
+            camera.start()
+        self.started_mono = time.monotonic()
+        log.info("device %s: %d camera(s), data in %s", self.device_id, len(self.cameras), self.data_dir)
+
+    def stop(self, timeout: float = 4.0) -> None:
+        """Stop everything within `timeout` seconds, committing queued results."""
+        deadline = time.monotonic() + timeout
+        for camera in self.cameras.values():
+            camera.stop()
+        if self.worker is not None:
+            self.worker.stop()
+        for camera in self.cameras.values():
+            if not camera.join(max(0.1, deadline - time.monotonic() - 1.5)):
+                log.warning("camera %s did not stop in time (a blocked read); leaving it", camera.name)
+        if self.worker is not None and not self.worker.join(max(0.1, deadline - time.monotonic() - 1.0)):
+            log.warning("inference did not stop in time")
+        if not self.store.stop(max(0.5, deadline - time.monotonic())):
+            log.error("store writer did not finish in time")
+        if self.detector is not None:
+            self.detector.close()
+
+    # -- status -------------------------------------------------------------------
+    def status(self) -> dict:
+        """A snapshot for the console, CLI and (later) telemetry and the health page."""
+        cameras = {}
+        for name, camera in self.cameras.items():
+            stats = asdict(camera.stats())
+            stats["state"] = camera.state.value
+            cameras[name] = {**stats, **self.metrics.camera_summary(name)}
+        return {
+            "device_id": self.device_id,
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started_mono, 1) if self.started_mono else 0.0,
+            "engine": None if self.detector is None else asdict(self.detector.info),
+            "model_error": self.model_error,
+            "inference_errors": self.worker.errors if self.worker else 0,
+            "cameras": cameras,
+            "store": {
+                "committed_rows": self.store.committed_rows,
+                "commits": self.store.commits,
+                "queue_depth": self.store.queue_depth,
+                "dropped": self.store.dropped,
+                "write_errors": self.store.write_errors,
+                "last_error": self.store.last_error,
+            },
+        }

@@ -1,0 +1,140 @@
+"""What a camera's `source` string means, and how OpenCV opens it.
+
+Accepted forms: a file path; `demo:N` (a generated demo clip, seed N); a V4L2
+index or `/dev/videoN`; an `rtsp://`, `rtsps://`, `http://` or `https://` URL;
+`gst:<pipeline ending in appsink>`; `csi:N` (Jetson CSI sensor N through
+`nvarguscamerasrc`). RTSP with `hw_decode: jetson` goes through `nvv4l2decoder`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+from functools import lru_cache
+from urllib.parse import urlsplit, urlunsplit
+
+import cv2
+
+
+class SourceKind(str, Enum):
+    FILE = "file"
+    DEMO = "demo"
+    V4L2 = "v4l2"
+    NETWORK = "network"
+    GSTREAMER = "gstreamer"
+    CSI = "csi"
+
+
+class SourceError(Exception):
+    """The source could not be opened or read now; the camera retries."""
+
+
+class SourceUnsupported(SourceError):
+    """The source can never open on this machine (e.g. no GStreamer); no retry."""
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: SourceKind
+    value: str | int
+
+    @property
+    def is_file(self) -> bool:
+        return self.kind in (SourceKind.FILE, SourceKind.DEMO)
+
+
+_NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https")
+
+
+def parse_source(raw: str | int) -> Source:
+    """Classify a source; raises ValueError with a message for the config check."""
+    if isinstance(raw, bool):
+        raise ValueError("source must be a path, device, URL or pipeline, not a boolean")
+    if isinstance(raw, int):
+        if raw < 0:
+            raise ValueError("a V4L2 device index must be 0 or more")
+        return Source(SourceKind.V4L2, raw)
+    text = raw.strip()
+    if not text:
+        raise ValueError("source must not be empty")
+    if text.isdigit():
+        return Source(SourceKind.V4L2, int(text))
+    if re.fullmatch(r"/dev/video\d+", text):
+        return Source(SourceKind.V4L2, text)
+    if text.startswith("gst:"):
+        pipeline = text[4:].strip()
+        if "appsink" not in pipeline:
+            raise ValueError("a GStreamer pipeline (gst:...) must end in an appsink")
+        return Source(SourceKind.GSTREAMER, pipeline)
+    if m := re.fullmatch(r"csi:(\d+)", text):
+        return Source(SourceKind.CSI, int(m.group(1)))
+    if m := re.fullmatch(r"demo:(\d+)", text):
+        return Source(SourceKind.DEMO, int(m.group(1)))
+    if m := re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", text):
+        if m.group(1).lower() not in _NETWORK_SCHEMES:
+            raise ValueError(f"unsupported URL scheme '{m.group(1)}' (use rtsp, rtsps, http or https)")
+        return Source(SourceKind.NETWORK, text)
+    if text.startswith(("csi:", "demo:")):
+        raise ValueError(f"'{text}': expected csi:N or demo:N with N a number")
+    return Source(SourceKind.FILE, text)
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for logs and status."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def describe(source: Source) -> str:
+    """A loggable description (credentials removed)."""
+    if source.kind is SourceKind.NETWORK:
+        return redact_url(str(source.value))
+    if source.kind is SourceKind.GSTREAMER:
+        return "gst:" + re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", str(source.value))
+    return f"{source.kind.value}:{source.value}"
+
+
+@lru_cache(maxsize=1)
+def gstreamer_available() -> bool:
+    """Whether this OpenCV build can run GStreamer pipelines."""
+    for line in cv2.getBuildInformation().splitlines():
+        if line.strip().startswith("GStreamer:"):
+            return "YES" in line
+    return False
+
+
+def jetson_csi_pipeline(sensor_id: int, width: int, height: int, fps: float, flip: int = 0) -> str:
+    """NVIDIA's documented CSI capture pipeline (Argus → NVMM → BGR appsink)."""
+    return (
+        f"nvarguscamerasrc sensor-id={sensor_id} ! "
+        f"video/x-raw(memory:NVMM),width={width},height={height},framerate={round(fps)}/1,format=NV12 ! "
+        f"nvvidconv flip-method={flip} ! video/x-raw,format=BGRx ! videoconvert ! "
+        "video/x-raw,format=BGR ! appsink drop=true max-buffers=1 sync=false"
+    )
+
+
+def jetson_rtsp_pipeline(url: str, codec: str = "h264", latency_ms: int = 200) -> str:
+    """Hardware-decoded RTSP on Jetson (rtspsrc → nvv4l2decoder → BGR appsink)."""
+    if codec not in ("h264", "h265"):
+        raise ValueError(f"codec must be h264 or h265, not {codec!r}")
+    safe_url = url.replace('"', "%22")
+    return (
+        f'rtspsrc location="{safe_url}" latency={latency_ms} protocols=tcp ! '
+        f"rtp{codec}depay ! {codec}parse ! nvv4l2decoder ! nvvidconv ! "
+        "video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! "
+        "appsink drop=true max-buffers=1 sync=false"
+    )
+
+
+def require_gstreamer(what: str) -> None:
+    if not gstreamer_available():
+        raise SourceUnsupported(
+            f"{what} needs OpenCV built with GStreamer, and this OpenCV has none "
+            "(on a Jetson, use the system OpenCV from JetPack: python3-opencv)"
+        )

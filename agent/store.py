@@ -1,0 +1,296 @@
+"""SQLite store: one writer thread, group commits, WAL, versioned schema, retention.
+
+A detection exists once its transaction commits (DESIGN invariant 3). The
+writer takes whatever results are queued and commits them in one transaction,
+so under load many frames share one fsync and at low load nothing waits.
+The hand-off queue is bounded; what cannot be queued is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlite_utils
+
+from agent.config import StorageConfig
+from agent.ids import uuid7
+from engines import Detection
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "edge-agent.db"
+MAX_ROWS_PER_COMMIT = 5000
+
+
+def _migrate_v1(db: sqlite_utils.Database) -> None:
+    db["detections"].create(
+        {"id": str, "camera": str, "ts_ms": int, "frame": int, "label": str, "class_id": int,
+         "score": float, "x1": float, "y1": float, "x2": float, "y2": float},
+        pk="id", not_null={"camera", "ts_ms", "frame", "label", "class_id", "score"},
+    )
+    db["detections"].create_index(["ts_ms"])
+    db["counters"].create({"name": str, "value": int}, pk="name", not_null={"value"})
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: Path, synchronous: str = "full") -> sqlite_utils.Database:
+    conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return sqlite_utils.Database(conn)
+
+
+def migrate(db: sqlite_utils.Database) -> int:
+    """Bring the schema to SCHEMA_VERSION, one transaction per step."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(f"database schema v{version} is newer than this agent (v{SCHEMA_VERSION})")
+    for step in range(version, SCHEMA_VERSION):
+        with db.conn:
+            MIGRATIONS[step](db)
+            db.execute(f"PRAGMA user_version={step + 1}")
+    return SCHEMA_VERSION
+
+
+@dataclass(slots=True)
+class _Pending:
+    camera: str
+    frame: int
+    wall_ms: int
+    queued_mono: float
+    detections: Sequence[Detection]
+
+
+class Store:
+    """Owns the database file; `submit` is safe from any thread."""
+
+    def __init__(self, data_dir: Path, config: StorageConfig,
+                 on_commit: Callable[[str, float], None] | None = None) -> None:
+        self.path = data_dir / DB_NAME
+        self.config = config
+        self._on_commit = on_commit
+        self._queue: queue.Queue[_Pending | None] = queue.Queue(maxsize=config.queue_size)
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._ready = threading.Event()
+        self._open_error: BaseException | None = None
+        self.dropped = 0  # results not queued because the writer fell behind
+        self.committed_rows = 0
+        self.commits = 0
+        self.write_errors = 0
+        self.last_error: str | None = None
+
+    # -- lifecycle ----------------------------------------------------------------
+    def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._open_error is not None:
+            raise self._open_error
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Commit everything queued, then close. True if the writer finished in time."""
+        if not self._thread.is_alive():
+            return True
+        deadline = time.monotonic() + timeout
+        try:
+            self._queue.put(None, timeout=timeout)  # the writer is draining, so this is brief
+        except queue.Full:
+            return False
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        return not self._thread.is_alive()
+
+    # -- producers ----------------------------------------------------------------
+    def submit(self, camera: str, frame: int, wall_ms: int, detections: Sequence[Detection]) -> bool:
+        """Queue one frame's detections; False (and counted) if the queue is full."""
+        if not detections:
+            return True
+        try:
+            self._queue.put_nowait(_Pending(camera, frame, wall_ms, time.monotonic(), detections))
+            return True
+        except queue.Full:
+            self.dropped += 1
+            return False
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    # -- writer -------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            db = connect(self.path, self.config.synchronous)
+            migrate(db)
+        except BaseException as exc:  # reported to start()
+            self._open_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        next_retention = time.monotonic()
+        stopping = False
+        try:
+            while not stopping:
+                batch: list[_Pending] = []
+                try:
+                    item = self._queue.get(timeout=0.5)
+                    rows = 0
+                    while True:
+                        if item is None:
+                            stopping = True
+                            break
+                        batch.append(item)
+                        rows += len(item.detections)
+                        if rows >= MAX_ROWS_PER_COMMIT:
+                            break
+                        item = self._queue.get_nowait()
+                except queue.Empty:
+                    pass
+                if batch:
+                    self._commit(db, batch)
+                if time.monotonic() >= next_retention:
+                    self._retain(db)
+                    next_retention = time.monotonic() + self.config.retention_interval_s
+            while True:  # anything queued behind the stop marker
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    self._commit(db, [item])
+        finally:
+            db.conn.close()
+
+    def _commit(self, db: sqlite_utils.Database, batch: list[_Pending]) -> None:
+        rows = [
+            {"id": uuid7(p.wall_ms), "camera": p.camera, "ts_ms": p.wall_ms, "frame": p.frame,
+             "label": d.label, "class_id": d.class_id, "score": d.score,
+             "x1": d.box[0], "y1": d.box[1], "x2": d.box[2], "y2": d.box[3]}
+            for p in batch for d in p.detections
+        ]
+        try:
+            with db.conn:
+                db["detections"].insert_all(rows, batch_size=1000)
+        except sqlite3.Error as exc:  # disk full, I/O error: count, keep running
+            self.write_errors += 1
+            self.dropped += len(batch)
+            self.last_error = f"write failed: {exc}"
+            log.error("store: %s (%d frames of results lost)", self.last_error, len(batch))
+            return
+        self.commits += 1
+        self.committed_rows += len(rows)
+        if self._on_commit is not None:
+            now = time.monotonic()
+            for p in batch:
+                self._on_commit(p.camera, (now - p.queued_mono) * 1000)
+
+    def _retain(self, db: sqlite_utils.Database) -> None:
+        try:
+            trim_by_age(db, self.config.max_age_hours)
+            trim_by_size(db, self.config.max_size_mb)
+        except sqlite3.Error as exc:
+            self.last_error = f"retention failed: {exc}"
+            log.error("store: %s", self.last_error)
+
+
+def _bump(db: sqlite_utils.Database, name: str, by: int) -> None:
+    db.execute(
+        "INSERT INTO counters(name, value) VALUES (?, ?) "
+        "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (name, by),
+    )
+
+
+def trim_by_age(db: sqlite_utils.Database, max_age_hours: float | None, now_ms: int | None = None) -> int:
+    if max_age_hours is None:
+        return 0
+    cutoff = (now_ms if now_ms is not None else int(time.time() * 1000)) - int(max_age_hours * 3_600_000)
+    with db.conn:
+        n = db.execute("DELETE FROM detections WHERE ts_ms < ?", (cutoff,)).rowcount
+        if n:
+            _bump(db, "trimmed_by_age", n)
+    if n:
+        log.info("store: trimmed %d detections older than %.1f h", n, max_age_hours)
+    return n
+
+
+def used_bytes(db: sqlite_utils.Database) -> int:
+    """Bytes of pages holding data (free pages are reused, so they do not count)."""
+    page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    free = db.execute("PRAGMA freelist_count").fetchone()[0]
+    return (pages - free) * page_size
+
+
+def trim_by_size(db: sqlite_utils.Database, max_size_mb: float | None, chunk: int = 5000) -> int:
+    """Delete the oldest detections until the data fits `max_size_mb`."""
+    if max_size_mb is None:
+        return 0
+    limit = int(max_size_mb * 1024 * 1024)
+    total = 0
+    while used_bytes(db) > limit:
+        with db.conn:
+            n = db.execute(
+                "DELETE FROM detections WHERE id IN (SELECT id FROM detections ORDER BY id LIMIT ?)", (chunk,)
+            ).rowcount
+            if n:
+                _bump(db, "trimmed_by_size", n)
+        if n == 0:
+            break
+        total += n
+    if total:
+        log.warning("store: trimmed %d oldest detections to stay under %.0f MB", total, max_size_mb)
+    return total
+
+
+# -- readers (CLI, health) -----------------------------------------------------------
+def open_readonly(data_dir: Path) -> sqlite_utils.Database:
+    path = data_dir / DB_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no store at {path}")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    return sqlite_utils.Database(conn)
+
+
+def stats(data_dir: Path) -> dict:
+    db = open_readonly(data_dir)
+    try:
+        count, oldest, newest = db.execute("SELECT count(*), min(ts_ms), max(ts_ms) FROM detections").fetchone()
+        per_camera = dict(db.execute("SELECT camera, count(*) FROM detections GROUP BY camera").fetchall())
+        counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+        path = data_dir / DB_NAME
+        files = [path, path.with_name(path.name + "-wal")]
+        return {
+            "path": str(path),
+            "schema_version": db.execute("PRAGMA user_version").fetchone()[0],
+            "detections": count,
+            "per_camera": per_camera,
+            "oldest_ms": oldest,
+            "newest_ms": newest,
+            "size_bytes": sum(f.stat().st_size for f in files if f.exists()),
+            "trimmed_by_age": counters.get("trimmed_by_age", 0),
+            "trimmed_by_size": counters.get("trimmed_by_size", 0),
+        }
+    finally:
+        db.conn.close()
+
+
+def export_detections(data_dir: Path) -> Iterator[dict]:
+    db = open_readonly(data_dir)
+    try:
+        for row in db.query("SELECT * FROM detections ORDER BY id"):
+            yield {
+                "id": row["id"], "camera": row["camera"], "ts_ms": row["ts_ms"], "frame": row["frame"],
+                "label": row["label"], "class_id": row["class_id"], "score": row["score"],
+                "box": [row["x1"], row["y1"], row["x2"], row["y2"]],
+            }
+    finally:
+        db.conn.close()

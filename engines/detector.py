@@ -1,0 +1,134 @@
+"""The engine interface: load a model, run a batch of frames, report info.
+
+`Detector` = letterbox pre-processing + a runtime backend + output decoding and
+NMS. The three stages are separate methods so the pipeline can time each one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engines.backend import InferenceBackend
+from engines.config import DetectorConfig, resolve_model_path
+from engines.errors import ModelLayoutError
+from engines.labels import resolve_labels
+from engines.layouts import Layout, decode, detect_layout
+from engines.letterbox import Letterbox, LetterboxWriter
+from engines.nms import nms
+from engines.onnxruntime_backend import OnnxRuntimeBackend
+from engines.types import Detection, EngineInfo
+
+
+@dataclass
+class PreparedBatch:
+    """Frames letterboxed into the input tensor, ready for `infer`."""
+
+    size: int
+    letterboxes: list[Letterbox]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Detector:
+    """A loaded detection model; not thread-safe (one inference worker owns it)."""
+
+    def __init__(self, backend: InferenceBackend, config: DetectorConfig, model_path: Path) -> None:
+        self.backend = backend
+        self.score_threshold = config.score_threshold
+        self.iou_threshold = config.iou_threshold
+        path = self._path = str(model_path)
+        shape = backend.input.shape
+        fixed_size = len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape[2:])
+        if not fixed_size or shape[1] not in (3, None, "3"):
+            raise ModelLayoutError(
+                f"{path}: input shape {list(shape)} is not [batch, 3, height, width] with a fixed size"
+            )
+        self.input_h, self.input_w = int(shape[2]), int(shape[3])  # type: ignore[arg-type]
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+        self.max_batch = self.fixed_batch or config.max_batch
+        meta = backend.metadata
+        names_hint = resolve_labels(meta, config.labels, None) if (config.labels or "names" in meta) else None
+        override = None if config.layout == "auto" else Layout(config.layout)
+        end2end = str(meta.get("end2end", "")).lower() == "true"
+        self.layout, num_classes = detect_layout(
+            path, self._output_shape(), len(names_hint) if names_hint else None, end2end, override
+        )
+        self.labels = resolve_labels(meta, config.labels, num_classes)
+        self._writer = LetterboxWriter(self.max_batch, self.input_h, self.input_w)
+        self.info = EngineInfo(
+            backend=backend.name, model_path=path, model_sha256=file_sha256(model_path),
+            input_name=backend.input.name, input_height=self.input_h, input_width=self.input_w,
+            max_batch=self.max_batch, layout=self.layout.value, labels=tuple(self.labels),
+            precision=backend.precision, providers=backend.providers,
+        )
+
+    def _output_shape(self) -> tuple:
+        """The first output's shape; dynamic dims beyond batch are learned by one dry run."""
+        shape = self.backend.outputs[0].shape
+        if all(isinstance(d, int) and d > 0 for d in shape[1:]):
+            return shape
+        dummy = np.zeros((self.fixed_batch or 1, 3, self.input_h, self.input_w), np.float32)
+        try:
+            out = self.backend.infer(dummy)[0]
+        except Exception as exc:
+            raise ModelLayoutError(f"{self._path}: a test run to learn the output shape failed: {exc}") from exc
+        return (shape[0], *out.shape[1:])
+
+    def preprocess(self, frames: Sequence[np.ndarray]) -> PreparedBatch:
+        if not 0 < len(frames) <= self.max_batch:
+            raise ValueError(f"batch of {len(frames)} frames; this model takes 1 to {self.max_batch}")
+        return PreparedBatch(len(frames), [self._writer.write(i, f) for i, f in enumerate(frames)])
+
+    def infer(self, prepared: PreparedBatch) -> list[np.ndarray]:
+        tensor = self._writer.tensor if self.fixed_batch else self._writer.tensor[: prepared.size]
+        return self.backend.infer(tensor)
+
+    def postprocess(self, prepared: PreparedBatch, outputs: list[np.ndarray]) -> list[list[Detection]]:
+        results = []
+        out = outputs[0]
+        for i in range(prepared.size):
+            cand = decode(self.layout, out[i], self.score_threshold)
+            keep = nms(cand.boxes, cand.scores, cand.class_ids, self.iou_threshold) if cand.needs_nms \
+                else np.arange(len(cand.scores))
+            boxes = prepared.letterboxes[i].to_frame(cand.boxes[keep].astype(np.float32))
+            results.append([
+                Detection(int(c), self._label(int(c)), float(s), (float(b[0]), float(b[1]), float(b[2]), float(b[3])))
+                for b, s, c in zip(boxes, cand.scores[keep], cand.class_ids[keep])
+            ])
+        return results
+
+    def _label(self, class_id: int) -> str:
+        return self.labels[class_id] if 0 <= class_id < len(self.labels) else f"class_{class_id}"
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """All three stages, in chunks of at most `max_batch` frames."""
+        results: list[list[Detection]] = []
+        for start in range(0, len(frames), self.max_batch):
+            prepared = self.preprocess(frames[start : start + self.max_batch])
+            results.extend(self.postprocess(prepared, self.infer(prepared)))
+        return results
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def load_detector(config: DetectorConfig) -> Detector:
+    """Open the configured model on its runtime; raises ModelError with the reason."""
+    path = resolve_model_path(config.path)
+    backend = OnnxRuntimeBackend(path, config.engine)
+    try:
+        return Detector(backend, config, path)
+    except Exception:
+        backend.close()
+        raise

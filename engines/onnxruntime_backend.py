@@ -1,0 +1,74 @@
+"""ONNX Runtime backend: CPU by default, execution providers configurable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from engines.backend import InferenceBackend, TensorSpec
+from engines.config import OnnxRuntimeConfig
+from engines.errors import BackendUnavailable, ModelLoadError
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+class OnnxRuntimeBackend(InferenceBackend):
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, config: OnnxRuntimeConfig) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - a packaging error
+            raise BackendUnavailable(f"onnxruntime is not installed: {exc}") from exc
+        available = ort.get_available_providers()
+        missing = [p for p in config.providers if p not in available]
+        if missing:
+            raise BackendUnavailable(
+                f"execution provider(s) {', '.join(missing)} not available in this onnxruntime "
+                f"(available: {', '.join(available)})"
+            )
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = config.intra_op_threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.allow_spinning else "0")
+        options.log_severity_level = 3
+        if not path.is_file():
+            raise ModelLoadError(f"model file not found: {path}")
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=config.providers)
+        except Exception as exc:  # ORT raises several unrelated types for bad files
+            raise ModelLoadError(f"cannot load model {path}: {_first_line(exc)}") from exc
+        inp = self._session.get_inputs()[0]
+        self._input = TensorSpec(inp.name, tuple(inp.shape))
+        self._input_fp16 = inp.type == "tensor(float16)"
+        self._outputs = [TensorSpec(o.name, tuple(o.shape)) for o in self._session.get_outputs()]
+        self._output_names = [o.name for o in self._outputs]
+        self._metadata = dict(self._session.get_modelmeta().custom_metadata_map)
+        self.precision = "fp16" if self._input_fp16 else "fp32"
+
+    @property
+    def input(self) -> TensorSpec:
+        return self._input
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self._metadata
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return tuple(self._session.get_providers())
+
+    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        feed = batch.astype(np.float16) if self._input_fp16 else batch
+        return self._session.run(self._output_names, {self._input.name: feed})
+
+    def close(self) -> None:
+        self._session = None  # type: ignore[assignment]
