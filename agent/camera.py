@@ -21,6 +21,7 @@ from agent.backoff import Backoff
 from agent.config import CameraConfig
 from agent.demo.clips import ensure_demo_clip
 from agent.frames import Frame, FrameSlot
+from agent.metrics import LatencyWindow
 from agent.sources import (
     Source,
     SourceError,
@@ -119,6 +120,7 @@ class Camera:
         self.reconnects = 0
         self.last_error: str | None = None
         self._next_number = 0
+        self.read_ms = LatencyWindow()  # time in cap.read(): demux + decode
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> None:
@@ -186,6 +188,7 @@ class Camera:
         next_due = time.monotonic()
         delivered = 0
         while not self._stop.is_set():
+            started = time.monotonic()
             ok, image = cap.read()
             now = time.monotonic()
             if not ok or image is None:
@@ -194,6 +197,7 @@ class Camera:
                 self.last_error = "file delivered no frames" if is_file else "source stopped delivering frames"
                 return _End.ERROR
             delivered += 1
+            self.read_ms.add((now - started) * 1000)
             if self.state is not CameraState.RUNNING:
                 self.state = CameraState.RUNNING
                 self.last_error = None

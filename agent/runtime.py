@@ -100,7 +100,9 @@ class Runtime:
         for name, camera in self.cameras.items():
             stats = asdict(camera.stats())
             stats["state"] = camera.state.value
-            cameras[name] = {**stats, **self.metrics.camera_summary(name)}
+            summary = self.metrics.camera_summary(name)
+            summary["stages"] = {"decode": camera.read_ms.summary(), **summary["stages"]}
+            cameras[name] = {**stats, **summary}
         return {
             "device_id": self.device_id,
             "version": __version__,

@@ -1,0 +1,109 @@
+"""`edge-agent bench`: the bare engine against the full pipeline, in one process and run.
+
+(a) engine: the pre-processed input tensor through the runtime, nothing else.
+(b) pipeline: N unpaced clips → decode → letterbox → infer → decode+NMS → SQLite
+commit, everything the agent does per frame. `ratio` = pipeline / engine fps
+tells how much the surrounding work costs the detector.
+"""
+
+from __future__ import annotations
+
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from agent.config import validate_config
+from agent.demo.clips import write_clip
+from agent.demo.scene import SceneGenerator
+from agent.runtime import Runtime
+from engines import DetectorConfig, load_detector
+
+STAGES = ("decode", "capture_age", "pre", "infer", "post", "store")
+
+
+def _engine_fps(model_config: DetectorConfig, batch: int, seconds: float) -> tuple[float, dict]:
+    detector = load_detector(model_config)
+    batch = min(batch, detector.max_batch)
+    frames = [SceneGenerator(seed=i).next_frame()[0] for i in range(batch)]
+    prepared = detector.preprocess(frames)
+    for _ in range(3):  # warm-up: first runs allocate and pick kernels
+        detector.infer(prepared)
+    times = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline or len(times) < 5:
+        t0 = time.monotonic()
+        detector.infer(prepared)
+        times.append(time.monotonic() - t0)
+    info = {"model": detector.info.model_path, "input": [detector.input_h, detector.input_w],
+            "layout": detector.info.layout, "batch": batch, "providers": list(detector.info.providers)}
+    detector.close()
+    return batch * len(times) / sum(times), info
+
+
+def _pipeline(model_config: DetectorConfig, cameras: int, seconds: float, workdir: Path) -> dict:
+    clips = [write_clip(workdir / f"bench-{i}.mp4", seconds=10.0, seed=500 + i) for i in range(cameras)]
+    config = validate_config({
+        "cameras": [{"name": f"cam{i}", "source": str(c), "realtime": False, "loop": True}
+                    for i, c in enumerate(clips)],
+        "model": model_config.model_dump(mode="json"),
+        "storage": {"path": str(workdir / "data")},
+    })
+    runtime = Runtime(config)
+    runtime.start()
+    try:
+        names = list(runtime.cameras)
+        deadline = time.monotonic() + 60
+        while sum(runtime.metrics.frames.get(n, 0) for n in names) < 5 * cameras:  # warm-up
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"pipeline produced no frames: {runtime.status()}")
+            time.sleep(0.05)
+        proc = psutil.Process()
+        cpu0 = sum(proc.cpu_times()[:2])
+        frames0 = sum(runtime.metrics.frames[n] for n in names)
+        t0 = time.monotonic()
+        time.sleep(seconds)  # the measurement window itself
+        elapsed = time.monotonic() - t0
+        frames = sum(runtime.metrics.frames[n] for n in names) - frames0
+        cpu = sum(proc.cpu_times()[:2]) - cpu0
+        status = runtime.status()
+    finally:
+        runtime.stop()
+    stages = {}
+    for stage in STAGES:
+        p50s = [c["stages"][stage]["p50_ms"] for c in status["cameras"].values()]
+        p95s = [c["stages"][stage]["p95_ms"] for c in status["cameras"].values()]
+        known = [(a, b) for a, b in zip(p50s, p95s) if a is not None]
+        stages[stage] = {"p50_ms": round(float(np.mean([a for a, _ in known])), 2) if known else None,
+                         "p95_ms": round(float(np.max([b for _, b in known])), 2) if known else None}
+    return {
+        "pipeline_fps": frames / elapsed,
+        "per_camera_fps": {n: c["fps"] for n, c in status["cameras"].items()},
+        "stages": stages,
+        "cpu_cores_busy": round(cpu / elapsed, 2),
+        "detections_committed": status["store"]["committed_rows"],
+        "store_dropped": status["store"]["dropped"],
+        "frames_dropped": sum(c["frames_dropped"] for c in status["cameras"].values()),
+    }
+
+
+def run_bench(model: str, cameras: int, seconds: float, threads: int = 0) -> dict:
+    model_config = DetectorConfig(path=model, engine={"intra_op_threads": threads})
+    engine_fps, info = _engine_fps(model_config, cameras, seconds)
+    with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
+        pipeline = _pipeline(model_config, cameras, seconds, Path(tmp))
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    pipeline_fps = pipeline.pop("pipeline_fps")
+    return {
+        **info,
+        "cameras": cameras,
+        "seconds": seconds,
+        "engine_fps": round(engine_fps, 2),
+        "pipeline_fps": round(pipeline_fps, 2),
+        "ratio": round(pipeline_fps / engine_fps, 3),
+        **pipeline,
+        "peak_rss_mb": round(peak_rss_mb, 1),
+    }

@@ -1,0 +1,83 @@
+"""The command line as a user runs it: demo-clip, detect, run on the demo, store stats/export."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from engines.metrics import _iou
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_demo_clip_writes_video_and_ground_truth(tmp_path: Path) -> None:
+    out = tmp_path / "clip.mp4"
+    result = cli("demo-clip", "--out", str(out), "--seconds", "2", "--seed", "5")
+    assert result.returncode == 0, result.stderr
+    truth = json.loads((tmp_path / "clip.mp4.json").read_text())
+    assert truth["labels"] == ["circle", "square", "triangle", "star", "cross"]
+    assert [f["index"] for f in truth["frames"]] == list(range(30))
+    obj = truth["frames"][0]["objects"][0]
+    assert set(obj) == {"label", "class_id", "box"} and truth["labels"][obj["class_id"]] == obj["label"]
+    cap = cv2.VideoCapture(str(out))
+    frames = 0
+    while cap.read()[0]:
+        frames += 1
+    assert frames == 30
+
+
+def test_detect_prints_one_json_object_per_image_in_image_pixels(tmp_path: Path, short_clip: Path) -> None:
+    truth = json.loads(Path(str(short_clip) + ".json").read_text())
+    cap = cv2.VideoCapture(str(short_clip))
+    images, expected = [], []
+    for index in range(2):
+        ok, frame = cap.read()
+        assert ok
+        path = tmp_path / f"frame{index}.png"
+        cv2.imwrite(str(path), frame)
+        images.append(str(path))
+        expected.append(truth["frames"][index]["objects"])
+    result = cli("detect", "--model", "demo", "--json", *images)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["image"] for line in lines] == images
+    for line, objects in zip(lines, expected):
+        assert line["detections"], "the demo detector should find the demo's objects"
+        gt = np.array([o["box"] for o in objects], float)
+        for det in line["detections"]:
+            assert set(det) == {"label", "class_id", "score", "box"}
+        matched = sum(
+            1 for o in objects
+            if any(d["label"] == o["label"] and _iou(d["box"], np.array([o["box"]], float))[0] > 0.5
+                   for d in line["detections"])
+        )
+        assert matched >= len(gt) - 1  # in original pixels: boxes line up with the ground truth
+
+
+def test_detect_reports_a_missing_model_clearly(tmp_path: Path) -> None:
+    image = tmp_path / "x.png"
+    cv2.imwrite(str(image), np.zeros((32, 32, 3), np.uint8))
+    result = cli("detect", "--model", str(tmp_path / "missing.onnx"), str(image))
+    assert result.returncode != 0 and "model file not found" in result.stderr and "missing.onnx" in result.stderr
+
+
+def test_run_demo_then_inspect_the_store(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    result = cli("run", "--data-dir", str(data), "--duration", "6")
+    assert result.returncode == 0, result.stderr
+    assert "demo-1" in result.stdout and "demo-2" in result.stdout  # status lines
+    stats = json.loads(cli("store", "stats", "--data-dir", str(data), "--json").stdout)
+    assert stats["detections"] > 0 and set(stats["per_camera"]) == {"demo-1", "demo-2"}
+    exported = [json.loads(line) for line in cli("store", "export", "--data-dir", str(data),
+                                                  "--kind", "detections").stdout.splitlines()]
+    assert len(exported) == stats["detections"]
+    assert len({row["id"] for row in exported}) == len(exported)
+    assert {"id", "camera", "ts_ms", "frame", "label", "class_id", "score", "box"} <= set(exported[0])
+    assert (data / "device_id").read_text().strip().startswith("edge-")

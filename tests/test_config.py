@@ -1,0 +1,95 @@
+"""Config validation: defaults run the demo, every error has its key path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfig, ConfigError, load_config
+from agent.sources import SourceKind, parse_source, redact_url
+
+BAD_CONFIG = """
+device:
+  id: "bad/id"
+cameras:
+  - name: front
+    source: rtsp://user:secret@10.0.0.5/stream
+    fps: 0
+  - name: front
+    source: ftp://example/x
+    colour: red
+model:
+  score_threshold: 1.5
+storage:
+  synchronous: sometimes
+"""
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_defaults_run_the_demo() -> None:
+    config = AgentConfig()
+    assert [c.source for c in config.cameras] == ["demo:1", "demo:2"]
+    assert config.model.path == "demo" and config.mqtt is None
+    assert load_config(None) == config
+
+
+def test_every_error_is_reported_with_its_key_path(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD_CONFIG)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    problems = "\n".join(err.value.problems)
+    for key in ("device.id", "cameras[0].fps", "cameras[1].source", "cameras[1].colour",
+                "model.score_threshold", "storage.synchronous"):
+        assert key in problems, key
+    assert "unsupported URL scheme 'ftp'" in problems
+    assert "secret" not in problems
+
+
+def test_duplicate_camera_names_are_rejected() -> None:
+    with pytest.raises(ConfigError, match="camera name 'a' is used twice"):
+        from agent.config import validate_config
+
+        validate_config({"cameras": [{"name": "a", "source": "x.mp4"}, {"name": "a", "source": "y.mp4"}]})
+
+
+def test_check_command_exit_codes(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD_CONFIG)
+    result = run_cli("check", "--config", str(bad))
+    assert result.returncode != 0
+    assert "cameras[0].fps" in result.stderr and "model.score_threshold" in result.stderr
+    good = tmp_path / "good.yaml"
+    good.write_text("cameras:\n  - name: door\n    source: /dev/video0\n    fps: 5\nmqtt:\n  host: localhost\n")
+    result = run_cli("check", "--config", str(good))
+    assert result.returncode == 0, result.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("cameras: [\n")
+    result = run_cli("check", "--config", str(broken))
+    assert result.returncode != 0 and "not valid YAML" in result.stderr
+
+
+@pytest.mark.parametrize(("raw", "kind"), [
+    (0, SourceKind.V4L2), ("2", SourceKind.V4L2), ("/dev/video1", SourceKind.V4L2),
+    ("rtsp://cam/stream", SourceKind.NETWORK), ("https://cam/mjpeg", SourceKind.NETWORK),
+    ("gst:videotestsrc ! videoconvert ! appsink", SourceKind.GSTREAMER), ("csi:0", SourceKind.CSI),
+    ("demo:3", SourceKind.DEMO), ("/videos/a.mp4", SourceKind.FILE),
+])
+def test_source_forms(raw: str | int, kind: SourceKind) -> None:
+    assert parse_source(raw).kind is kind
+
+
+@pytest.mark.parametrize("raw", ["", "gst:videotestsrc ! fakesink", "demo:x", "ftp://host/file", -1])
+def test_bad_sources(raw: str | int) -> None:
+    with pytest.raises(ValueError):
+        parse_source(raw)
+
+
+def test_urls_are_logged_without_passwords() -> None:
+    assert redact_url("rtsp://admin:hunter2@cam.local:554/live") == "rtsp://admin:***@cam.local:554/live"

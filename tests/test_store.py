@@ -1,0 +1,167 @@
+"""The SQLite store: commits, ids, bounded queue, retention, and surviving SIGKILL/SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from agent import store as store_mod
+from agent.config import StorageConfig
+from agent.ids import uuid7
+from agent.store import Store, connect, migrate, trim_by_age, trim_by_size, used_bytes
+from engines import Detection
+from tests.helpers import wait_for
+
+DET = Detection(1, "square", 0.9, (1.0, 2.0, 30.0, 40.0))
+
+
+def make_store(tmp_path: Path, **settings: object) -> Store:
+    return Store(tmp_path, StorageConfig(path=tmp_path, **settings))
+
+
+def rows(path: Path, query: str = "SELECT * FROM detections ORDER BY id") -> list[tuple]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(query).fetchall()
+    finally:
+        conn.close()
+
+
+def test_uuid7_is_time_ordered_and_well_formed() -> None:
+    ids = [uuid7(1_700_000_000_000) for _ in range(5000)] + [uuid7(1_700_000_000_001), uuid7()]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    parsed = uuid.UUID(ids[0])
+    assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    assert int(parsed.hex[:12], 16) == 1_700_000_000_000
+
+
+def test_submitted_detections_are_committed_with_all_fields(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    store.start()
+    now_ms = int(time.time() * 1000)  # older rows would be trimmed by the default retention
+    for frame in range(50):
+        assert store.submit("cam", frame, now_ms + frame, [DET, DET])
+    assert store.submit("cam", 99, 0, [])  # a frame without detections writes nothing
+    assert store.stop()
+    stored = rows(store.path, "SELECT id, camera, ts_ms, frame, label, class_id, score, x1, y1, x2, y2 "
+                              "FROM detections ORDER BY id")
+    assert len(stored) == 100 and len({r[0] for r in stored}) == 100
+    assert stored[0][1:] == ("cam", now_ms, 0, "square", 1, 0.9, 1.0, 2.0, 30.0, 40.0)
+    assert [r[3] for r in stored] == sorted(r[3] for r in stored)  # id order is time order
+    assert store.commits < 100  # grouped: frames shared transactions
+    info = store_mod.stats(tmp_path)
+    assert info["detections"] == 100 and info["schema_version"] == store_mod.SCHEMA_VERSION
+
+
+def test_full_queue_drops_and_counts(tmp_path: Path) -> None:
+    store = make_store(tmp_path, queue_size=16)  # not started: nothing drains the queue
+    accepted = [store.submit("cam", i, 0, [DET]) for i in range(20)]
+    assert accepted.count(False) == 4 and store.dropped == 4
+
+
+def test_migration_is_idempotent_and_refuses_newer_schemas(tmp_path: Path) -> None:
+    db = connect(tmp_path / "x.db")
+    assert migrate(db) == migrate(db) == store_mod.SCHEMA_VERSION
+    db.execute("PRAGMA user_version=99")
+    with pytest.raises(RuntimeError, match="newer than this agent"):
+        migrate(db)
+
+
+def _fill(db, count: int, start_ms: int) -> None:
+    """Rows with a wide camera name, so a few thousand take megabytes."""
+    with db.conn:
+        db["detections"].insert_all(
+            {"id": uuid7(start_ms + i), "camera": "c" * 200, "ts_ms": start_ms + i, "frame": i, "label": "x",
+             "class_id": 0, "score": 0.5, "x1": 0.0, "y1": 0.0, "x2": 1.0, "y2": 1.0}
+            for i in range(count)
+        )
+
+
+def test_retention_by_age_counts_what_it_trimmed(tmp_path: Path) -> None:
+    db = connect(tmp_path / store_mod.DB_NAME)
+    migrate(db)
+    now = 1_800_000_000_000
+    _fill(db, 30, now - 3 * 3_600_000)  # three hours old
+    _fill(db, 20, now - 60_000)  # a minute old
+    assert trim_by_age(db, max_age_hours=2, now_ms=now) == 30
+    assert db.execute("SELECT count(*) FROM detections").fetchone()[0] == 20
+    assert store_mod.stats(tmp_path)["trimmed_by_age"] == 30
+
+
+def test_retention_by_size_removes_oldest_first(tmp_path: Path) -> None:
+    db = connect(tmp_path / store_mod.DB_NAME)
+    migrate(db)
+    _fill(db, 20_000, 1_700_000_000_000)
+    assert used_bytes(db) > 3 * 1024 * 1024
+    trimmed = trim_by_size(db, max_size_mb=2, chunk=1000)
+    assert trimmed > 0 and used_bytes(db) <= 2 * 1024 * 1024
+    oldest_left = db.execute("SELECT min(frame) FROM detections").fetchone()[0]
+    assert oldest_left == trimmed  # exactly the oldest rows went
+    assert store_mod.stats(tmp_path)["trimmed_by_size"] == trimmed
+
+
+def _agent(tmp_path: Path, clip: Path) -> subprocess.Popen:
+    config = tmp_path / "agent.yaml"
+    config.write_text(json.dumps({
+        "cameras": [{"name": "fast", "source": str(clip), "realtime": False, "loop": True}],
+        "model": {"score_threshold": 0.25},
+        "storage": {"path": str(tmp_path / "data")},
+    }))
+    return subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _committed(db_path: Path) -> list[tuple]:
+    if not db_path.exists():
+        return []
+    try:
+        return rows(db_path)
+    except sqlite3.OperationalError:  # schema not created yet
+        return []
+
+
+def test_sigkill_mid_run_loses_no_committed_detection(tmp_path: Path, short_clip: Path) -> None:
+    proc = _agent(tmp_path, short_clip)
+    db_path = tmp_path / "data" / store_mod.DB_NAME
+    try:
+        wait_for(lambda: len(_committed(db_path)) >= 200, timeout=90, what="200 committed detections")
+        seen = _committed(db_path)  # what a reader saw as committed while the agent ran
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    conn = sqlite3.connect(db_path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        after = {r[0]: r for r in conn.execute("SELECT * FROM detections")}
+    finally:
+        conn.close()
+    assert all(after.get(r[0]) == r for r in seen)
+    assert len(after) >= len(seen)
+
+
+def test_sigterm_stops_within_five_seconds_with_the_store_flushed(tmp_path: Path, short_clip: Path) -> None:
+    proc = _agent(tmp_path, short_clip)
+    db_path = tmp_path / "data" / store_mod.DB_NAME
+    try:
+        wait_for(lambda: len(_committed(db_path)) >= 50, timeout=90, what="committed detections")
+        started = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=10)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert took < 5.0, f"stopping took {took:.1f}s"
+    committed = int(stderr.rsplit("stopped; ", 1)[1].split()[0])
+    assert committed > 0 and len(_committed(db_path)) == committed  # everything handed over was written
