@@ -47,8 +47,10 @@ class StatusPrinter:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop, leaving the final figures on screen (or in the log)."""
         self._stop.set()
         self._thread.join(2)
+        self.print_once()
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):

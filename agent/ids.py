@@ -1,6 +1,8 @@
 """Time-ordered unique ids (UUIDv7, RFC 9562), monotonic within this process.
 
-Sorting ids sorts rows by creation time, which retention and sync rely on.
+Sorting ids sorts rows by creation order, which retention and sync rely on. A
+time earlier than the last id's is clamped to it (frames from several cameras
+arrive slightly out of order), so ids never go backwards.
 """
 
 from __future__ import annotations
@@ -10,26 +12,29 @@ import threading
 import time
 import uuid
 
-_lock = threading.Lock()
-_last_ms = 0
-_counter = 0  # 12-bit sequence within one millisecond (rand_a field, method 1)
+
+class Uuid7Generator:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last_ms = 0
+        self._counter = 0  # 12-bit sequence within one millisecond (RFC 9562 method 1)
+
+    def __call__(self, unix_ms: int | None = None) -> str:
+        ms = int(time.time() * 1000) if unix_ms is None else int(unix_ms)
+        with self._lock:
+            if ms <= self._last_ms:
+                ms = self._last_ms
+                self._counter += 1
+                if self._counter > 0xFFF:  # sequence exhausted: borrow the next millisecond
+                    ms += 1
+                    self._counter = 0
+            else:
+                self._counter = 0
+            self._last_ms = ms
+            seq = self._counter
+        rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+        value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | rand
+        return str(uuid.UUID(int=value))
 
 
-def uuid7(unix_ms: int | None = None) -> str:
-    """A UUIDv7 string; later calls never sort before earlier ones."""
-    global _last_ms, _counter
-    ms = int(time.time() * 1000) if unix_ms is None else int(unix_ms)
-    with _lock:
-        if ms <= _last_ms:
-            ms = _last_ms
-            _counter += 1
-            if _counter > 0xFFF:  # sequence exhausted: borrow the next millisecond
-                ms += 1
-                _counter = 0
-        else:
-            _counter = 0
-        _last_ms = ms
-        seq = _counter
-    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
-    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | rand
-    return str(uuid.UUID(int=value))
+uuid7 = Uuid7Generator()

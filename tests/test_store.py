@@ -16,7 +16,7 @@ import pytest
 
 from agent import store as store_mod
 from agent.config import StorageConfig
-from agent.ids import uuid7
+from agent.ids import Uuid7Generator, uuid7
 from agent.store import Store, connect, migrate, trim_by_age, trim_by_size, used_bytes
 from engines import Detection
 from tests.helpers import wait_for
@@ -37,11 +37,13 @@ def rows(path: Path, query: str = "SELECT * FROM detections ORDER BY id") -> lis
 
 
 def test_uuid7_is_time_ordered_and_well_formed() -> None:
-    ids = [uuid7(1_700_000_000_000) for _ in range(5000)] + [uuid7(1_700_000_000_001), uuid7()]
+    make = Uuid7Generator()
+    ids = [make(1_700_000_000_000) for _ in range(5000)] + [make(1_700_000_000_001), make()]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     parsed = uuid.UUID(ids[0])
     assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
     assert int(parsed.hex[:12], 16) == 1_700_000_000_000
+    assert make(1_600_000_000_000) > ids[-1]  # an earlier clock never makes an earlier id
 
 
 def test_submitted_detections_are_committed_with_all_fields(tmp_path: Path) -> None:

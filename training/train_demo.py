@@ -215,6 +215,9 @@ def export(model: DemoNet, out: Path, args: argparse.Namespace) -> None:
         dynamic_axes={"images": {0: "batch"}, "output0": {0: "batch"}}, opset_version=17, dynamo=False,
     )
     proto = onnx.load(str(out))
+    dims = proto.graph.output[0].type.tensor_type.shape.dim  # the exporter leaves these symbolic
+    dims[1].dim_value = 4 + model.nc
+    dims[2].dim_value = (INPUT_H // STRIDE) * (INPUT_W // STRIDE)
     meta = {
         "description": "edge-agent demo detector (shapes), trained on procedural scenes",
         "author": "edge-agent",
@@ -236,9 +239,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("engines/models/demo.onnx"))
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--scenes", type=int, default=1500)
-    p.add_argument("--per-scene", type=int, default=8)
-    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--scenes", type=int, default=3000)
+    p.add_argument("--per-scene", type=int, default=6)
+    p.add_argument("--steps", type=int, default=14000)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--threads", type=int, default=2)

@@ -18,6 +18,7 @@ from agent.demo.scene import CLASS_NAMES, SceneGenerator
 
 DEMO_CLIP_SECONDS = 60.0
 DEMO_CLIP_FPS = 15.0
+SCENE_SECONDS = 10.0
 
 
 class ClipWriteError(Exception):
@@ -29,8 +30,11 @@ def sidecar_path(clip: Path) -> Path:
 
 
 def write_clip(out: Path, seconds: float = 20.0, seed: int = 1, fps: float = DEMO_CLIP_FPS,
-               width: int = 640, height: int = 360) -> Path:
-    """Write a clip and its ground-truth sidecar atomically (temp files, then rename)."""
+               width: int = 640, height: int = 360, scene_seconds: float = SCENE_SECONDS) -> Path:
+    """Write a clip and its ground-truth sidecar atomically (temp files, then rename).
+
+    The clip cuts to a new scene (background, objects, noise) every `scene_seconds`.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     suffix = out.suffix or ".mp4"
     fd, tmp_name = tempfile.mkstemp(prefix=".clip-", suffix=suffix, dir=out.parent)
@@ -40,10 +44,12 @@ def write_clip(out: Path, seconds: float = 20.0, seed: int = 1, fps: float = DEM
     if not writer.isOpened():
         tmp.unlink(missing_ok=True)
         raise ClipWriteError(f"OpenCV cannot write video to {out} (mp4v codec)")
-    gen = SceneGenerator(seed, width, height)
+    per_scene = max(1, round(scene_seconds * fps))
     frames = []
     try:
         for index in range(max(1, round(seconds * fps))):
+            if index % per_scene == 0:
+                gen = SceneGenerator((seed, index // per_scene), width, height)
             image, truths = gen.next_frame()
             writer.write(image)
             frames.append({"index": index, "objects": [
@@ -51,8 +57,8 @@ def write_clip(out: Path, seconds: float = 20.0, seed: int = 1, fps: float = DEM
             ]})
     finally:
         writer.release()
-    meta = {"labels": list(CLASS_NAMES), "seed": seed, "fps": fps, "width": width, "height": height,
-            "frames": frames}
+    meta = {"labels": list(CLASS_NAMES), "seed": seed, "scene_seconds": scene_seconds, "fps": fps,
+            "width": width, "height": height, "frames": frames}
     side_tmp = tmp.with_name(tmp.name + ".json")
     side_tmp.write_text(json.dumps(meta, separators=(",", ":")), encoding="utf-8")
     os.replace(side_tmp, sidecar_path(out))

@@ -71,11 +71,15 @@ def _shape_points(class_id: int, cx: float, cy: float, r: float, angle: float) -
 
 
 class SceneGenerator:
-    """Yields frames of a seeded scene and the ground truth of each frame."""
+    """Yields frames of a seeded scene and the ground truth of each frame.
+
+    Training uses integer seeds; clips use (clip seed, scene number) tuples, which
+    NumPy maps to different streams, so held-out clips never repeat a training scene.
+    """
 
     def __init__(
         self,
-        seed: int,
+        seed: int | tuple[int, ...],
         width: int = 640,
         height: int = 360,
         max_objects: int = 6,
