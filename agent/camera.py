@@ -16,6 +16,7 @@ from enum import Enum
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from agent.backoff import Backoff
 from agent.config import CameraConfig
@@ -47,6 +48,7 @@ class CameraState(str, Enum):
     CONNECTING = "connecting"
     RUNNING = "running"
     RECONNECTING = "reconnecting"
+    STALLED = "stalled"  # running, but no frame within no_frame_timeout_s (a read is blocked)
     FAILED = "failed"  # can never open here; not retried
     FINISHED = "finished"  # a file without loop reached its end
     STOPPED = "stopped"
@@ -58,8 +60,10 @@ class CameraStats:
     frames_captured: int
     frames_dropped: int  # overwritten in the slot before inference took them
     frames_skipped: int  # read but above the target fps
+    frames_invalid: int  # frames of a shape we cannot use (not 1, 3 or 4 channels)
     reconnects: int
     last_error: str | None
+    last_frame_age_s: float | None
     source: str
 
 
@@ -84,7 +88,8 @@ def open_capture(source: Source, cam: CameraConfig, data_dir: Path) -> cv2.Video
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
     elif source.kind is SourceKind.NETWORK and cam.hw_decode == "jetson":
         require_gstreamer("hardware-decoded RTSP (hw_decode: jetson)")
-        cap = cv2.VideoCapture(jetson_rtsp_pipeline(str(source.value), cam.codec), cv2.CAP_GSTREAMER)
+        pipeline = jetson_rtsp_pipeline(str(source.value), cam.codec, timeout_s=cam.no_frame_timeout_s)
+        cap = cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER)
     elif source.kind is SourceKind.NETWORK:
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
         cap = cv2.VideoCapture(str(source.value), cv2.CAP_FFMPEG, params)
@@ -99,6 +104,17 @@ def open_capture(source: Source, cam: CameraConfig, data_dir: Path) -> cv2.Video
         cap.release()
         raise SourceError(f"cannot open {describe(source)}")
     return cap
+
+
+def as_bgr(image: np.ndarray) -> np.ndarray | None:
+    """3-channel BGR from grey or BGRA frames (some pipelines deliver those); None if unusable."""
+    if image.ndim == 3 and image.shape[2] == 3:
+        return image
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return None
 
 
 class Camera:
@@ -121,6 +137,8 @@ class Camera:
         self.last_error: str | None = None
         self._next_number = 0
         self.read_ms = LatencyWindow()  # time in cap.read(): demux + decode
+        self.frames_invalid = 0
+        self._last_frame: float | None = None
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> None:
@@ -135,8 +153,12 @@ class Camera:
         return not self._thread.is_alive()
 
     def stats(self) -> CameraStats:
-        return CameraStats(self.state, self.frames_captured, self.slot.dropped, self.frames_skipped,
-                           self.reconnects, self.last_error, describe(self._source))
+        age = None if self._last_frame is None else round(time.monotonic() - self._last_frame, 2)
+        state = self.state
+        if state is CameraState.RUNNING and age is not None and age > self.config.no_frame_timeout_s:
+            state = CameraState.STALLED
+        return CameraStats(state, self.frames_captured, self.slot.dropped, self.frames_skipped,
+                           self.frames_invalid, self.reconnects, self.last_error, age, describe(self._source))
 
     # -- capture loop -------------------------------------------------------------
     def _run(self) -> None:
@@ -176,6 +198,10 @@ class Camera:
         except SourceError as exc:
             self.last_error = str(exc)
             return _End.ERROR
+        except Exception as exc:  # e.g. cv2.error, or no space to write the demo clip: retry later
+            log.exception("camera %s: opening failed", self.name)
+            self.last_error = f"open failed: {exc}"
+            return _End.ERROR
         try:
             return self._read_loop(cap)
         finally:
@@ -197,7 +223,13 @@ class Camera:
                 self.last_error = "file delivered no frames" if is_file else "source stopped delivering frames"
                 return _End.ERROR
             delivered += 1
+            self._last_frame = now
             self.read_ms.add((now - started) * 1000)
+            image = as_bgr(image)
+            if image is None:
+                self.frames_invalid += 1
+                self.last_error = "source delivers frames of an unusable shape"
+                continue
             if self.state is not CameraState.RUNNING:
                 self.state = CameraState.RUNNING
                 self.last_error = None

@@ -55,10 +55,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    runtime = Runtime(config)
     try:
+        runtime = Runtime(config)
         runtime.start()
-    except Exception as exc:
+    except OSError as exc:  # e.g. the data dir cannot be created or written
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1
     printer = None if args.quiet else StatusPrinter(runtime.status, config.console.interval_s)
@@ -69,7 +69,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         printer.stop()
     runtime.stop()
     status = runtime.status()
-    log.info("stopped; %d detections committed", status["store"]["committed_rows"])
+    produced = sum(c["detections"] for c in status["cameras"].values())
+    log.info("stopped; %d detections produced, %d committed, %d frames of results dropped",
+             produced, status["store"]["committed_rows"], status["store"]["dropped"])
     return 0
 
 

@@ -62,6 +62,12 @@ class CameraConfig(_Strict):
         parse_source(v)
         return v
 
+    @model_validator(mode="after")
+    def _hw_decode_needs_rtsp(self) -> CameraConfig:
+        if self.hw_decode == "jetson" and not str(self.source).lower().startswith(("rtsp://", "rtsps://")):
+            raise ValueError("hw_decode: jetson applies to rtsp:// sources only")
+        return self
+
     @property
     def parsed_source(self) -> Source:
         return parse_source(self.source)

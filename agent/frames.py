@@ -32,13 +32,16 @@ class FrameSlot:
         self._cond = threading.Condition()
         self._wake = wake
         self._closed = False
+        self.waiting = 0  # producers blocked in put (blocking slots)
 
     def put(self, frame: Frame) -> bool:
         """Hand over a frame; False once the slot is closed."""
         with self._cond:
             if self.blocking:
+                self.waiting += 1
                 while self._frame is not None and not self._closed:
                     self._cond.wait()
+                self.waiting -= 1
             if self._closed:
                 return False
             if self._frame is not None:
@@ -57,5 +60,7 @@ class FrameSlot:
         """Release a blocked `put` for good (camera stopping)."""
         with self._cond:
             self._closed = True
+            if self._frame is not None:
+                self.dropped += 1  # taken by nobody
             self._frame = None
             self._cond.notify_all()

@@ -37,6 +37,7 @@ class InferenceWorker:
         self._next = 0
         self.batches = 0
         self.errors = 0
+        self.frames_failed = 0  # frames lost to inference errors
         self.last_error: str | None = None
 
     def start(self) -> None:
@@ -79,6 +80,7 @@ class InferenceWorker:
                 self.process(batch)
             except Exception as exc:  # one bad frame or runtime hiccup must not stop the pipeline
                 self.errors += 1
+                self.frames_failed += len(batch)
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if self.errors <= 5 or self.errors % 100 == 0:
                     log.exception("inference failed (%d so far)", self.errors)

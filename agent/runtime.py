@@ -20,7 +20,7 @@ from agent.frames import Frame, FrameSlot
 from agent.identity import resolve_device_id
 from agent.inference import InferenceWorker
 from agent.metrics import PipelineMetrics
-from agent.store import Store
+from agent.store import Store, StoreError
 from engines import BackendUnavailable, Detection, Detector, ModelError, load_detector
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,11 @@ class Runtime:
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> None:
-        self.store.start()
+        """Start every part that can start; problems are reported, not fatal (invariant 8)."""
+        try:
+            self.store.start()
+        except StoreError as exc:
+            log.error("store unavailable, detections will be dropped and counted: %s", exc)
         try:
             self.detector = load_detector(self.config.model)
         except (ModelError, BackendUnavailable, OSError, ValueError) as exc:
@@ -77,20 +81,26 @@ class Runtime:
         log.info("device %s: %d camera(s), data in %s", self.device_id, len(self.cameras), self.data_dir)
 
     def stop(self, timeout: float = 4.0) -> None:
-        """Stop everything within `timeout` seconds, committing queued results."""
+        """Stop everything within `timeout` seconds, committing what inference produced.
+
+        Cameras stop first (a read blocked in a dead stream is left behind: its
+        thread is a daemon), then inference, then the store drains its queue.
+        """
         deadline = time.monotonic() + timeout
         for camera in self.cameras.values():
             camera.stop()
         if self.worker is not None:
             self.worker.stop()
+        camera_deadline = deadline - 1.5  # keep time for inference and the store
         for camera in self.cameras.values():
-            if not camera.join(max(0.1, deadline - time.monotonic() - 1.5)):
+            if not camera.join(max(0.0, camera_deadline - time.monotonic())):
                 log.warning("camera %s did not stop in time (a blocked read); leaving it", camera.name)
-        if self.worker is not None and not self.worker.join(max(0.1, deadline - time.monotonic() - 1.0)):
+        worker_done = self.worker is None or self.worker.join(max(0.0, deadline - time.monotonic() - 0.5))
+        if not worker_done:
             log.warning("inference did not stop in time")
-        if not self.store.stop(max(0.5, deadline - time.monotonic())):
+        if not self.store.stop(max(0.2, deadline - time.monotonic())):
             log.error("store writer did not finish in time")
-        if self.detector is not None:
+        if self.detector is not None and worker_done:  # never free a model that is still running
             self.detector.close()
 
     # -- status -------------------------------------------------------------------
@@ -99,7 +109,7 @@ class Runtime:
         cameras = {}
         for name, camera in self.cameras.items():
             stats = asdict(camera.stats())
-            stats["state"] = camera.state.value
+            stats["state"] = stats["state"].value
             summary = self.metrics.camera_summary(name)
             summary["stages"] = {"decode": camera.read_ms.summary(), **summary["stages"]}
             cameras[name] = {**stats, **summary}
@@ -110,6 +120,7 @@ class Runtime:
             "engine": None if self.detector is None else asdict(self.detector.info),
             "model_error": self.model_error,
             "inference_errors": self.worker.errors if self.worker else 0,
+            "frames_failed": self.worker.frames_failed if self.worker else 0,
             "cameras": cameras,
             "store": {
                 "committed_rows": self.store.committed_rows,

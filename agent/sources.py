@@ -80,15 +80,25 @@ def parse_source(raw: str | int) -> Source:
     return Source(SourceKind.FILE, text)
 
 
+_SECRET_QUERY_KEYS = re.compile(r"(?i)^(pass(word)?|pwd|token|key|secret|auth|signature|sig)$")
+
+
 def redact_url(url: str) -> str:
-    """The URL without its password, for logs and status."""
+    """The URL without its password or secret query values, for logs and status."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        parts = parts._replace(netloc=f"{parts.username}:***@{host}")
+    if parts.query:
+        query = "&".join(
+            f"{k}=***" if _SECRET_QUERY_KEYS.match(k) else pair
+            for pair in parts.query.split("&")
+            for k in [pair.split("=", 1)[0]]
+        )
+        parts = parts._replace(query=query)
+    return urlunsplit(parts)
 
 
 def describe(source: Source) -> str:
@@ -113,19 +123,22 @@ def jetson_csi_pipeline(sensor_id: int, width: int, height: int, fps: float, fli
     """NVIDIA's documented CSI capture pipeline (Argus → NVMM → BGR appsink)."""
     return (
         f"nvarguscamerasrc sensor-id={sensor_id} ! "
-        f"video/x-raw(memory:NVMM),width={width},height={height},framerate={round(fps)}/1,format=NV12 ! "
+        f"video/x-raw(memory:NVMM),width={width},height={height},framerate={max(1, round(fps))}/1,format=NV12 ! "
         f"nvvidconv flip-method={flip} ! video/x-raw,format=BGRx ! videoconvert ! "
         "video/x-raw,format=BGR ! appsink drop=true max-buffers=1 sync=false"
     )
 
 
-def jetson_rtsp_pipeline(url: str, codec: str = "h264", latency_ms: int = 200) -> str:
-    """Hardware-decoded RTSP on Jetson (rtspsrc → nvv4l2decoder → BGR appsink)."""
+def jetson_rtsp_pipeline(url: str, codec: str = "h264", latency_ms: int = 200, timeout_s: float = 10.0) -> str:
+    """Hardware-decoded RTSP on Jetson (rtspsrc → nvv4l2decoder → BGR appsink).
+
+    rtspsrc's tcp-timeout (µs) ends a dead TCP stream, so the camera reconnects.
+    """
     if codec not in ("h264", "h265"):
         raise ValueError(f"codec must be h264 or h265, not {codec!r}")
     safe_url = url.replace('"', "%22")
     return (
-        f'rtspsrc location="{safe_url}" latency={latency_ms} protocols=tcp ! '
+        f'rtspsrc location="{safe_url}" latency={latency_ms} protocols=tcp tcp-timeout={int(timeout_s * 1e6)} ! '
         f"rtp{codec}depay ! {codec}parse ! nvv4l2decoder ! nvvidconv ! "
         "video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! "
         "appsink drop=true max-buffers=1 sync=false"

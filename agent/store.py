@@ -8,6 +8,7 @@ The hand-off queue is bounded; what cannot be queued is dropped and counted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -27,6 +28,22 @@ log = logging.getLogger(__name__)
 
 DB_NAME = "edge-agent.db"
 MAX_ROWS_PER_COMMIT = 5000
+# A writer batch carries at most this many rows; more waiting in the queue go in the next commit.
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """BEGIN IMMEDIATE … COMMIT: takes the write lock up front, so a busy database
+    is waited for (busy_timeout) instead of failing midway through the transaction.
+    sqlite-utils calls inside it join this transaction (as savepoints)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        if db.conn.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _migrate_v1(db: sqlite_utils.Database) -> None:
@@ -48,6 +65,7 @@ def connect(path: Path, synchronous: str = "full") -> sqlite_utils.Database:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
     conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")  # the WAL shrinks back after checkpoints
     return sqlite_utils.Database(conn)
 
 
@@ -57,7 +75,7 @@ def migrate(db: sqlite_utils.Database) -> int:
     if version > SCHEMA_VERSION:
         raise RuntimeError(f"database schema v{version} is newer than this agent (v{SCHEMA_VERSION})")
     for step in range(version, SCHEMA_VERSION):
-        with db.conn:
+        with transaction(db):  # a crash mid-migration leaves the previous version intact
             MIGRATIONS[step](db)
             db.execute(f"PRAGMA user_version={step + 1}")
     return SCHEMA_VERSION
@@ -72,6 +90,10 @@ class _Pending:
     detections: Sequence[Detection]
 
 
+class StoreError(Exception):
+    """The database cannot be opened or migrated (corrupt file, no space, no permission)."""
+
+
 class Store:
     """Owns the database file; `submit` is safe from any thread."""
 
@@ -80,11 +102,14 @@ class Store:
         self.path = data_dir / DB_NAME
         self.config = config
         self._on_commit = on_commit
-        self._queue: queue.Queue[_Pending | None] = queue.Queue(maxsize=config.queue_size)
+        self._queue: queue.Queue[_Pending] = queue.Queue(maxsize=config.queue_size)
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self._accepting = False
+        self._lock = threading.Lock()
         self._open_error: BaseException | None = None
-        self.dropped = 0  # results not queued because the writer fell behind
+        self.dropped = 0  # frames of results lost: queue full, store not running, or a failed write
         self.committed_rows = 0
         self.commits = 0
         self.write_errors = 0
@@ -92,34 +117,43 @@ class Store:
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Open (and migrate) the database in the writer thread; raises StoreError."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create data dir {self.path.parent}: {exc.strerror or exc}") from exc
         self._thread.start()
         self._ready.wait()
         if self._open_error is not None:
-            raise self._open_error
+            self.last_error = f"cannot open {self.path}: {self._open_error}"
+            raise StoreError(self.last_error) from self._open_error
+        self._accepting = True
 
     def stop(self, timeout: float = 5.0) -> bool:
-        """Commit everything queued, then close. True if the writer finished in time."""
-        if not self._thread.is_alive():
-            return True
-        deadline = time.monotonic() + timeout
-        try:
-            self._queue.put(None, timeout=timeout)  # the writer is draining, so this is brief
-        except queue.Full:
-            return False
-        self._thread.join(max(0.0, deadline - time.monotonic()))
+        """Refuse new results, commit everything queued, close. True if done in time."""
+        self._accepting = False
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(max(0.0, timeout))
         return not self._thread.is_alive()
 
     # -- producers ----------------------------------------------------------------
+    def _count_dropped(self, frames: int) -> None:
+        with self._lock:
+            self.dropped += frames
+
     def submit(self, camera: str, frame: int, wall_ms: int, detections: Sequence[Detection]) -> bool:
-        """Queue one frame's detections; False (and counted) if the queue is full."""
+        """Queue one frame's detections; False (and counted) if they cannot be stored."""
         if not detections:
             return True
+        if not self._accepting:
+            self._count_dropped(1)
+            return False
         try:
             self._queue.put_nowait(_Pending(camera, frame, wall_ms, time.monotonic(), detections))
             return True
         except queue.Full:
-            self.dropped += 1
+            self._count_dropped(1)
             return False
 
     @property
@@ -136,39 +170,39 @@ class Store:
             self._ready.set()
             return
         self._ready.set()
-        next_retention = time.monotonic()
-        stopping = False
+        next_retention = time.monotonic() + min(5.0, self.config.retention_interval_s)
         try:
-            while not stopping:
-                batch: list[_Pending] = []
-                try:
-                    item = self._queue.get(timeout=0.5)
-                    rows = 0
-                    while True:
-                        if item is None:
-                            stopping = True
-                            break
-                        batch.append(item)
-                        rows += len(item.detections)
-                        if rows >= MAX_ROWS_PER_COMMIT:
-                            break
-                        item = self._queue.get_nowait()
-                except queue.Empty:
-                    pass
+            while True:
+                batch = self._take_batch()
                 if batch:
                     self._commit(db, batch)
-                if time.monotonic() >= next_retention:
+                elif self._stopping.is_set():
+                    break  # stopping and nothing left: everything queued is committed
+                if not self._stopping.is_set() and time.monotonic() >= next_retention:
                     self._retain(db)
                     next_retention = time.monotonic() + self.config.retention_interval_s
-            while True:  # anything queued behind the stop marker
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not None:
-                    self._commit(db, [item])
+        except Exception as exc:  # a bug: record it loudly, never leave stop() believing all is flushed
+            self.last_error = f"writer crashed: {exc}"
+            log.exception("store writer crashed")
+            self._accepting = False
         finally:
             db.conn.close()
+
+    def _take_batch(self) -> list[_Pending]:
+        """Whatever is queued now, up to MAX_ROWS_PER_COMMIT rows; waits briefly if empty."""
+        batch: list[_Pending] = []
+        rows = 0
+        try:
+            item = self._queue.get(timeout=0.1)
+            while True:
+                batch.append(item)
+                rows += len(item.detections)
+                if rows >= MAX_ROWS_PER_COMMIT:
+                    break
+                item = self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        return batch
 
     def _commit(self, db: sqlite_utils.Database, batch: list[_Pending]) -> None:
         rows = [
@@ -178,16 +212,17 @@ class Store:
             for p in batch for d in p.detections
         ]
         try:
-            with db.conn:
-                db["detections"].insert_all(rows, batch_size=1000)
+            with transaction(db):  # one transaction, one fsync, for the whole group
+                db["detections"].insert_all(rows, batch_size=MAX_ROWS_PER_COMMIT)
         except sqlite3.Error as exc:  # disk full, I/O error: count, keep running
             self.write_errors += 1
-            self.dropped += len(batch)
+            self._count_dropped(len(batch))
             self.last_error = f"write failed: {exc}"
             log.error("store: %s (%d frames of results lost)", self.last_error, len(batch))
             return
         self.commits += 1
         self.committed_rows += len(rows)
+        self.last_error = None
         if self._on_commit is not None:
             now = time.monotonic()
             for p in batch:
@@ -195,8 +230,8 @@ class Store:
 
     def _retain(self, db: sqlite_utils.Database) -> None:
         try:
-            trim_by_age(db, self.config.max_age_hours)
-            trim_by_size(db, self.config.max_size_mb)
+            trim_by_age(db, self.config.max_age_hours, stop=self._stopping)
+            trim_by_size(db, self.config.max_size_mb, stop=self._stopping)
         except sqlite3.Error as exc:
             self.last_error = f"retention failed: {exc}"
             log.error("store: %s", self.last_error)
@@ -209,17 +244,34 @@ def _bump(db: sqlite_utils.Database, name: str, by: int) -> None:
     )
 
 
-def trim_by_age(db: sqlite_utils.Database, max_age_hours: float | None, now_ms: int | None = None) -> int:
+def _delete_oldest(db: sqlite_utils.Database, where: str, params: tuple, counter: str, chunk: int) -> int:
+    """Delete up to `chunk` oldest matching rows and count them, in one transaction."""
+    with transaction(db):
+        n = db.execute(
+            f"DELETE FROM detections WHERE id IN (SELECT id FROM detections {where} ORDER BY id LIMIT ?)",
+            (*params, chunk),
+        ).rowcount
+        if n:
+            _bump(db, counter, n)
+    return n
+
+
+def trim_by_age(db: sqlite_utils.Database, max_age_hours: float | None, now_ms: int | None = None,
+                chunk: int = 5000, stop: threading.Event | None = None) -> int:
+    """Delete detections older than `max_age_hours`, in chunks so commits are not held up."""
     if max_age_hours is None:
         return 0
     cutoff = (now_ms if now_ms is not None else int(time.time() * 1000)) - int(max_age_hours * 3_600_000)
-    with db.conn:
-        n = db.execute("DELETE FROM detections WHERE ts_ms < ?", (cutoff,)).rowcount
-        if n:
-            _bump(db, "trimmed_by_age", n)
-    if n:
-        log.info("store: trimmed %d detections older than %.1f h", n, max_age_hours)
-    return n
+    total = 0
+    while not (stop and stop.is_set()):
+        n = _delete_oldest(db, "WHERE ts_ms < ?", (cutoff,), "trimmed_by_age", chunk)
+        total += n
+        if n < chunk:
+            break
+    if total:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        log.info("store: trimmed %d detections older than %.1f h", total, max_age_hours)
+    return total
 
 
 def used_bytes(db: sqlite_utils.Database) -> int:
@@ -230,23 +282,20 @@ def used_bytes(db: sqlite_utils.Database) -> int:
     return (pages - free) * page_size
 
 
-def trim_by_size(db: sqlite_utils.Database, max_size_mb: float | None, chunk: int = 5000) -> int:
+def trim_by_size(db: sqlite_utils.Database, max_size_mb: float | None, chunk: int = 5000,
+                 stop: threading.Event | None = None) -> int:
     """Delete the oldest detections until the data fits `max_size_mb`."""
     if max_size_mb is None:
         return 0
     limit = int(max_size_mb * 1024 * 1024)
     total = 0
-    while used_bytes(db) > limit:
-        with db.conn:
-            n = db.execute(
-                "DELETE FROM detections WHERE id IN (SELECT id FROM detections ORDER BY id LIMIT ?)", (chunk,)
-            ).rowcount
-            if n:
-                _bump(db, "trimmed_by_size", n)
+    while used_bytes(db) > limit and not (stop and stop.is_set()):
+        n = _delete_oldest(db, "", (), "trimmed_by_size", chunk)
         if n == 0:
             break
         total += n
     if total:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         log.warning("store: trimmed %d oldest detections to stay under %.0f MB", total, max_size_mb)
     return total
 

@@ -43,7 +43,17 @@ class DetectorConfig(BaseModel):
     iou_threshold: float = Field(0.5, gt=0.0, le=1.0)
     layout: Layout | Literal["auto"] = "auto"
     max_batch: int = Field(4, ge=1, le=64, description="cap for models with a dynamic batch dimension")
+    input_size: tuple[int, int] | None = Field(
+        None, description="[height, width] for models with a dynamic input size (default: their imgsz metadata)"
+    )
     engine: OnnxRuntimeConfig = Field(default_factory=OnnxRuntimeConfig)
+
+    @field_validator("input_size")
+    @classmethod
+    def _sane_size(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and not all(32 <= d <= 4096 for d in v):
+            raise ValueError("input_size must be [height, width], each 32 to 4096")
+        return v
 
     @field_validator("path")
     @classmethod

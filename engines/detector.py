@@ -6,16 +6,18 @@ NMS. The three stages are separate methods so the pipeline can time each one.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from engines.backend import InferenceBackend
 from engines.config import DetectorConfig, resolve_model_path
-from engines.errors import ModelLayoutError
+from engines.errors import ModelLayoutError, ModelLoadError
 from engines.labels import resolve_labels
 from engines.layouts import Layout, decode, detect_layout
 from engines.letterbox import Letterbox, LetterboxWriter
@@ -40,6 +42,26 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _input_size(path: str, shape: tuple, metadata: dict[str, str],
+                configured: tuple[int, int] | None) -> tuple[int, int]:
+    """The model's fixed H×W, else the configured size, else Ultralytics' `imgsz` metadata."""
+    h, w = shape[2], shape[3]
+    if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
+        return h, w
+    if configured is not None:
+        return configured
+    try:
+        size = ast.literal_eval(metadata.get("imgsz", ""))
+        size = [size, size] if isinstance(size, int) else list(size)
+        if len(size) == 2 and all(isinstance(d, int) and d > 0 for d in size):
+            return size[0], size[1]
+    except (ValueError, SyntaxError, TypeError):
+        pass
+    raise ModelLayoutError(
+        f"{path}: input shape {list(shape)} has a dynamic size and no imgsz metadata; set model.input_size"
+    )
+
+
 class Detector:
     """A loaded detection model; not thread-safe (one inference worker owns it)."""
 
@@ -49,16 +71,16 @@ class Detector:
         self.iou_threshold = config.iou_threshold
         path = self._path = str(model_path)
         shape = backend.input.shape
-        fixed_size = len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape[2:])
-        if not fixed_size or shape[1] not in (3, None, "3"):
-            raise ModelLayoutError(
-                f"{path}: input shape {list(shape)} is not [batch, 3, height, width] with a fixed size"
-            )
-        self.input_h, self.input_w = int(shape[2]), int(shape[3])  # type: ignore[arg-type]
+        if len(shape) != 4 or not (shape[1] == 3 or not isinstance(shape[1], int)):
+            raise ModelLayoutError(f"{path}: input shape {list(shape)} is not [batch, 3, height, width]")
+        self.input_h, self.input_w = _input_size(path, shape, backend.metadata, config.input_size)
         self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
         self.max_batch = self.fixed_batch or config.max_batch
         meta = backend.metadata
-        names_hint = resolve_labels(meta, config.labels, None) if (config.labels or "names" in meta) else None
+        try:
+            names_hint = resolve_labels(meta, config.labels, None) if (config.labels or "names" in meta) else None
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise ModelLoadError(f"{path}: cannot read labels {config.labels}: {exc}") from exc
         override = None if config.layout == "auto" else Layout(config.layout)
         end2end = str(meta.get("end2end", "")).lower() == "true"
         self.layout, num_classes = detect_layout(

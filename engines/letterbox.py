@@ -29,11 +29,12 @@ class Letterbox:
 
     def to_frame(self, boxes: np.ndarray) -> np.ndarray:
         """Map x1,y1,x2,y2 boxes from model-input pixels to frame pixels (in place)."""
-        boxes[:, [0, 2]] -= self.pad_x
-        boxes[:, [1, 3]] -= self.pad_y
+        xs, ys = boxes[:, 0::2], boxes[:, 1::2]  # basic slices are views: the clips write through
+        xs -= self.pad_x
+        ys -= self.pad_y
         boxes /= self.scale
-        np.clip(boxes[:, [0, 2]], 0, self.width, out=boxes[:, [0, 2]])
-        np.clip(boxes[:, [1, 3]], 0, self.height, out=boxes[:, [1, 3]])
+        np.clip(xs, 0, self.width, out=xs)
+        np.clip(ys, 0, self.height, out=ys)
         return boxes
 
 

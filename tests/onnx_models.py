@@ -15,10 +15,17 @@ from onnx import TensorProto, helper, numpy_helper
 
 
 def make_constant_model(path: Path, output: np.ndarray, input_hw: tuple[int, int] = (320, 320),
-                        dynamic_batch: bool = False, metadata: dict[str, str] | None = None) -> Path:
-    """`output` is one image's output ([C, N] or [N, C]); the model adds the batch dim."""
+                        dynamic_batch: bool = False, metadata: dict[str, str] | None = None,
+                        ultralytics_dynamic: bool = False) -> Path:
+    """`output` is one image's output ([C, N] or [N, C]); the model adds the batch dim.
+
+    `ultralytics_dynamic` declares shapes as Ultralytics' `dynamic=True` export does:
+    input ['batch', 3, 'height', 'width'], output ['batch', C, 'anchors'].
+    """
     h, w = input_hw
-    batch: int | str = "batch" if dynamic_batch else 1
+    batch: int | str = "batch" if dynamic_batch or ultralytics_dynamic else 1
+    in_shape = [batch, 3, "height", "width"] if ultralytics_dynamic else [batch, 3, h, w]
+    out_shape = [batch, output.shape[0], "anchors"] if ultralytics_dynamic else [batch, *output.shape]
     const = numpy_helper.from_array(output[None].astype(np.float32), "const")
     shape = numpy_helper.from_array(np.array([-1, 1, 1], np.int64), "shape3")
     zero = numpy_helper.from_array(np.array(0.0, np.float32), "zero")
@@ -31,8 +38,8 @@ def make_constant_model(path: Path, output: np.ndarray, input_hw: tuple[int, int
     ]
     graph = helper.make_graph(
         nodes, "constant_detector",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, h, w])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [batch, *output.shape])],
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, out_shape)],
         initializer=[const, shape, zero, axes],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -96,15 +96,19 @@ def test_blocking_slot_waits_for_the_consumer_and_releases_on_close() -> None:
     results: list[bool] = []
     producer = threading.Thread(target=lambda: results.append(slot.put(Frame("c", 1, image, 0, 0.0))))
     producer.start()
+    wait_for(lambda: slot.waiting == 1, what="producer blocked on the full slot")
+    assert results == []  # still blocked: frame 0 was not taken
     assert slot.take().number == 0
     producer.join(5)
     assert results == [True] and slot.take().number == 1 and slot.dropped == 0
     assert slot.put(Frame("c", 2, image, 0, 0.0))
     blocked = threading.Thread(target=lambda: results.append(slot.put(Frame("c", 3, image, 0, 0.0))))
     blocked.start()
+    wait_for(lambda: slot.waiting == 1, what="second producer blocked")
     slot.close()
     blocked.join(5)
     assert not blocked.is_alive() and results[-1] is False
+    assert slot.dropped == 1  # frame 2 was never taken
 
 
 @pytest.mark.skipif(gstreamer_available(), reason="this OpenCV has GStreamer")
@@ -140,3 +144,14 @@ def test_dead_network_stream_times_out_and_reconnects(tmp_path: Path, short_clip
     finally:
         runtime.stop()
         server.close()
+
+
+def test_grey_and_bgra_frames_become_bgr_and_odd_shapes_are_rejected() -> None:
+    from agent.camera import as_bgr
+
+    grey = np.full((4, 6), 200, np.uint8)
+    assert as_bgr(grey).shape == (4, 6, 3) and as_bgr(grey)[0, 0].tolist() == [200, 200, 200]
+    bgra = np.zeros((4, 6, 4), np.uint8)
+    bgra[..., 2] = 255
+    assert as_bgr(bgra)[0, 0].tolist() == [0, 0, 255]
+    assert as_bgr(np.zeros((4, 6, 2), np.uint8)) is None

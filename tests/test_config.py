@@ -93,3 +93,23 @@ def test_bad_sources(raw: str | int) -> None:
 
 def test_urls_are_logged_without_passwords() -> None:
     assert redact_url("rtsp://admin:hunter2@cam.local:554/live") == "rtsp://admin:***@cam.local:554/live"
+    assert redact_url("http://cam/cgi?user=admin&pwd=hunter2&ch=1") == "http://cam/cgi?user=admin&pwd=***&ch=1"
+
+
+def test_jetson_hardware_decoding_is_for_rtsp_only() -> None:
+    from agent.config import validate_config
+
+    with pytest.raises(ConfigError, match=r"cameras\[0\]: .*rtsp:// sources only"):
+        validate_config({"cameras": [{"name": "a", "source": "http://cam/x.mjpg", "hw_decode": "jetson"}]})
+    validate_config({"cameras": [{"name": "a", "source": "rtsp://cam/x", "hw_decode": "jetson"}]})
+
+
+def test_jetson_pipelines_follow_nvidias_documented_forms() -> None:
+    from agent.sources import jetson_csi_pipeline, jetson_rtsp_pipeline
+
+    csi = jetson_csi_pipeline(1, 1280, 720, 0.2)
+    assert csi.startswith("nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM),width=1280,height=720")
+    assert "framerate=1/1" in csi and csi.endswith("appsink drop=true max-buffers=1 sync=false")
+    rtsp = jetson_rtsp_pipeline("rtsp://cam/live", "h265", timeout_s=5)
+    assert 'location="rtsp://cam/live"' in rtsp and "tcp-timeout=5000000" in rtsp
+    assert "rtph265depay ! h265parse ! nvv4l2decoder ! nvvidconv" in rtsp

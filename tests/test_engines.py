@@ -96,6 +96,34 @@ def test_dynamic_batch_maps_each_frame_with_its_own_letterbox(tmp_path: Path) ->
     assert np.allclose(square[0].box, (50, 60, 90, 100), atol=0.01)
 
 
+def test_ultralytics_dynamic_export_uses_imgsz_metadata_and_learns_anchor_count(tmp_path: Path) -> None:
+    out = yolov8_output([(1, 0.9, (100, 120, 180, 200))], 3, anchors=8400)
+    model = make_constant_model(tmp_path / "dyn.onnx", out, ultralytics_dynamic=True,
+                                metadata={"names": NAMES, "imgsz": "[320, 320]"})
+    det = load(model)
+    assert (det.input_h, det.input_w, det.info.layout, det.labels[1]) == (320, 320, "yolov8", "car")
+    assert np.allclose(det.detect([frame()])[0][0].box, (200, 100, 360, 260), atol=0.01)
+    no_imgsz = make_constant_model(tmp_path / "bare.onnx", out, ultralytics_dynamic=True)
+    with pytest.raises(ModelLayoutError, match=r"set model\.input_size"):
+        load(no_imgsz)
+    assert load(no_imgsz, input_size=(320, 320)).input_w == 320
+
+
+def test_boxes_are_clipped_to_the_frame(tmp_path: Path) -> None:
+    out = yolov8_output([(0, 0.9, (-30, 40, 350, 300))], 3)  # spills over every edge of the picture
+    det = load(make_constant_model(tmp_path / "spill.onnx", out))
+    assert det.detect([frame()])[0][0].box == (0.0, 0.0, 640.0, 360.0)
+
+
+def test_unreadable_labels_file_is_a_model_error(tmp_path: Path) -> None:
+    model = make_constant_model(tmp_path / "m.onnx", yolov8_output([], 3))
+    bad = tmp_path / "labels.yaml"
+    bad.write_text("names: [unclosed\n")
+    for labels in (bad, tmp_path / "absent.txt"):
+        with pytest.raises(ModelLoadError, match="cannot read labels"):
+            load(model, labels=labels)
+
+
 def test_labels_file_then_metadata_then_class_n(tmp_path: Path) -> None:
     out = yolov8_output([(2, 0.9, (10, 10, 50, 50))], 3)
     plain = make_constant_model(tmp_path / "plain.onnx", out)

@@ -64,10 +64,52 @@ def test_submitted_detections_are_committed_with_all_fields(tmp_path: Path) -> N
     assert info["detections"] == 100 and info["schema_version"] == store_mod.SCHEMA_VERSION
 
 
-def test_full_queue_drops_and_counts(tmp_path: Path) -> None:
-    store = make_store(tmp_path, queue_size=16)  # not started: nothing drains the queue
-    accepted = [store.submit("cam", i, 0, [DET]) for i in range(20)]
-    assert accepted.count(False) == 4 and store.dropped == 4
+def test_a_group_of_frames_is_one_transaction(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    db = connect(tmp_path / "traced.db")
+    migrate(db)
+    statements: list[str] = []
+    db.conn.set_trace_callback(statements.append)
+    now_ms = int(time.time() * 1000)
+    batch = [store_mod._Pending("cam", i, now_ms, time.monotonic(), [DET] * 3) for i in range(400)]
+    store._commit(db, batch)
+    assert sum(1 for s in statements if s.strip().upper().startswith("COMMIT")) == 1
+    assert db.execute("SELECT count(*) FROM detections").fetchone()[0] == 1200
+
+
+def test_results_after_stop_or_without_a_store_are_counted_as_dropped(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    assert not store.submit("cam", 0, 0, [DET])  # never started
+    store.start()
+    assert store.submit("cam", 1, int(time.time() * 1000), [DET])
+    assert store.stop()
+    assert not store.submit("cam", 2, 0, [DET])
+    assert store.dropped == 2 and store.committed_rows == 1
+
+
+def test_unopenable_database_is_reported(tmp_path: Path) -> None:
+    (tmp_path / store_mod.DB_NAME).write_bytes(b"this is not a database" * 100)
+    store = make_store(tmp_path)
+    with pytest.raises(store_mod.StoreError, match="cannot open"):
+        store.start()
+
+
+def test_full_queue_drops_and_counts_while_the_writer_is_stalled(tmp_path: Path) -> None:
+    store = make_store(tmp_path, queue_size=16)
+    store.start()
+    blocker = sqlite3.connect(store.path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock: our commit waits
+    try:
+        now_ms = int(time.time() * 1000)
+        assert store.submit("cam", 0, now_ms, [DET])
+        wait_for(lambda: store.queue_depth == 0, what="writer took the first frame and blocked")
+        accepted = [store.submit("cam", i, now_ms, [DET]) for i in range(1, 21)]
+        assert accepted.count(True) == 16 and accepted.count(False) == 4 and store.dropped == 4
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert store.stop()
+    assert store.committed_rows == 17 and len(rows(store.path)) == 17
 
 
 def test_migration_is_idempotent_and_refuses_newer_schemas(tmp_path: Path) -> None:
@@ -80,7 +122,7 @@ def test_migration_is_idempotent_and_refuses_newer_schemas(tmp_path: Path) -> No
 
 def _fill(db, count: int, start_ms: int) -> None:
     """Rows with a wide camera name, so a few thousand take megabytes."""
-    with db.conn:
+    with store_mod.transaction(db):
         db["detections"].insert_all(
             {"id": uuid7(start_ms + i), "camera": "c" * 200, "ts_ms": start_ms + i, "frame": i, "label": "x",
              "class_id": 0, "score": 0.5, "x1": 0.0, "y1": 0.0, "x2": 1.0, "y2": 1.0}
@@ -165,5 +207,7 @@ def test_sigterm_stops_within_five_seconds_with_the_store_flushed(tmp_path: Path
             proc.kill()
     assert proc.returncode == 0, stderr
     assert took < 5.0, f"stopping took {took:.1f}s"
-    committed = int(stderr.rsplit("stopped; ", 1)[1].split()[0])
-    assert committed > 0 and len(_committed(db_path)) == committed  # everything handed over was written
+    summary = stderr.rsplit("stopped; ", 1)[1].split()
+    produced, committed, dropped = int(summary[0]), int(summary[3]), int(summary[5])
+    assert produced > 0 and produced == committed and dropped == 0  # everything inference produced was written
+    assert len(_committed(db_path)) == committed
