@@ -63,6 +63,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     printer = None if args.quiet else StatusPrinter(runtime.status, config.console.interval_s)
     if printer:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(printer.log_filter)
         printer.start()
     stop.wait(args.duration)
     if printer:

@@ -40,6 +40,7 @@ class StatusPrinter:
         self._out = out
         self._tty = out.isatty()
         self._drawn = 0
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="status", daemon=True)
 
@@ -56,8 +57,22 @@ class StatusPrinter:
         while not self._stop.wait(self._interval):
             self.print_once()
 
+    def note_other_output(self) -> None:
+        """Something else (a log line) was written below the block: draw afresh next time."""
+        with self._lock:
+            self._drawn = 0
+
+    def log_filter(self, _record: object) -> bool:
+        """A logging filter that keeps the redrawn block intact around log lines."""
+        self.note_other_output()
+        return True
+
     def print_once(self) -> None:
         lines = status_lines(self._snapshot())
+        with self._lock:
+            self._write(lines)
+
+    def _write(self, lines: list[str]) -> None:
         if self._tty:
             if self._drawn:
                 self._out.write(f"\x1b[{self._drawn}F")

@@ -155,3 +155,19 @@ def test_grey_and_bgra_frames_become_bgr_and_odd_shapes_are_rejected() -> None:
     bgra[..., 2] = 255
     assert as_bgr(bgra)[0, 0].tolist() == [0, 0, 255]
     assert as_bgr(np.zeros((4, 6, 2), np.uint8)) is None
+
+
+def test_live_source_faster_than_target_fps_is_decimated(tmp_path: Path) -> None:
+    from tests.mjpeg_server import MjpegCamera
+
+    server = MjpegCamera(fps=30).start()
+    runtime = make_runtime(tmp_path, [camera("ipcam", server.url, fps=5)])
+    runtime.start()
+    try:
+        cam = runtime.cameras["ipcam"]
+        wait_for(lambda: cam.frames_captured >= 10, what="10 frames kept")
+        kept, skipped = cam.frames_captured, cam.frames_skipped
+        assert skipped >= 2 * kept  # about 5 of every 30 frames are kept
+    finally:
+        runtime.stop()
+        server.close()
