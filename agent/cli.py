@@ -187,6 +187,21 @@ def cmd_store_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- mqtt-check -----------------------------------------------------------------------
+def cmd_mqtt_check(args: argparse.Namespace) -> int:
+    from agent.identity import resolve_device_id
+    from agent.mqtt_link import check_connection
+
+    config = _config_or_exit(args.config)
+    if config.mqtt is None:
+        print(f"{args.config}: no mqtt section, nothing to check", file=sys.stderr)
+        return 2
+    ok, message = check_connection(config.mqtt, resolve_device_id(config.device.id, config.storage.path),
+                                   args.timeout)
+    print(message, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
 # -- bench ----------------------------------------------------------------------------
 def cmd_bench(args: argparse.Namespace) -> int:
     from agent.bench import run_bench
@@ -251,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             t.add_argument("--kind", choices=["detections"], default="detections")
         t.set_defaults(func=func)
+
+    s = sub.add_parser("mqtt-check", help="connect to the configured broker once and report")
+    s.add_argument("--config", type=Path, required=True)
+    s.add_argument("--timeout", type=float, default=10.0)
+    s.set_defaults(func=cmd_mqtt_check)
 
     s = sub.add_parser("bench", help="bare engine vs full pipeline throughput")
     s.add_argument("--model", default="demo")

@@ -86,11 +86,57 @@ class StorageConfig(_Strict):
     )
     queue_size: int = Field(2048, ge=16, le=1_000_000, description="frames of results waiting for the writer")
     retention_interval_s: float = Field(60.0, gt=0, le=86400)
+    outbox_max_rows: int = Field(
+        1_000_000, ge=100, le=100_000_000,
+        description="messages waiting for the broker; beyond it health is trimmed before detections, counted",
+    )
+
+
+class TlsConfig(_Strict):
+    """TLS 1.2 or newer with certificate and host name checks, always."""
+
+    ca_file: Path | None = Field(None, description="CA bundle; default: the system's")
+    cert_file: Path | None = Field(None, description="client certificate, for mutual TLS")
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class BatchConfig(_Strict):
+    """How detections are grouped into one message per camera."""
+
+    max_count: int = Field(500, ge=1, le=100_000)
+    max_bytes: int = Field(65_536, ge=1024, le=16 * 1024 * 1024)
+    max_age_ms: int = Field(100, ge=0, le=1000, description="how long a detection may wait for companions")
 
 
 class MqttConfig(_Strict):
     host: str = Field(min_length=1)
     port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password: str | None = Field(None, repr=False)
+    password_file: Path | None = None
+    tls: TlsConfig | None = None
+    keepalive: int = Field(30, ge=5, le=3600)
+    topic_prefix: str = Field("edge", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+    reconnect: ReconnectConfig = Field(default_factory=lambda: ReconnectConfig(initial_s=1.0, max_s=60.0))
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    window: int = Field(64, ge=1, le=1000, description="messages in flight awaiting PUBACK")
+
+    @model_validator(mode="after")
+    def _one_password(self) -> MqttConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        return self
+
+    def read_password(self) -> str | None:
+        if self.password_file is not None:
+            return self.password_file.read_text(encoding="utf-8").strip()
+        return self.password
 
 
 class ConsoleConfig(_Strict):

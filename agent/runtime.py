@@ -20,7 +20,10 @@ from agent.frames import Frame, FrameSlot
 from agent.identity import resolve_device_id
 from agent.inference import InferenceWorker
 from agent.metrics import PipelineMetrics
+from agent.mqtt_link import MqttLink, random_boot_id
+from agent.outbox import next_session
 from agent.store import Store, StoreError
+from agent.sync import Syncer
 from engines import BackendUnavailable, Detection, Detector, ModelError, load_detector
 
 log = logging.getLogger(__name__)
@@ -32,7 +35,13 @@ class Runtime:
         self.data_dir = (data_dir or config.storage.path).expanduser()
         self.device_id = resolve_device_id(config.device.id, self.data_dir)
         self.metrics = PipelineMetrics()
-        self.store = Store(self.data_dir, config.storage, on_commit=self._on_commit)
+        self.store = Store(self.data_dir, config.storage, on_commit=self._on_commit, outbox=config.mqtt is not None)
+        self.link: MqttLink | None = None
+        self.syncer: Syncer | None = None
+        if config.mqtt is not None:
+            self.link = MqttLink(config.mqtt, self.device_id, random_boot_id(),
+                                 lambda: next_session(self.store.path))
+            self.syncer = Syncer(self.link, self.store.path, config.mqtt)
         self._wake = threading.Event()
         self.cameras: dict[str, Camera] = {}
         self.detector: Detector | None = None
@@ -43,6 +52,8 @@ class Runtime:
     # -- wiring -------------------------------------------------------------------
     def _on_commit(self, camera: str, ms: float) -> None:
         self.metrics.record_stage(camera, "store", ms)
+        if self.syncer is not None:
+            self.syncer.notify()
 
     def _sink(self, frame: Frame, detections: list[Detection]) -> None:
         self.store.submit(frame.camera, frame.number, frame.wall_ms, detections)
@@ -57,6 +68,9 @@ class Runtime:
             self.store.start()
         except StoreError as exc:
             log.error("store unavailable, detections will be dropped and counted: %s", exc)
+        if self.syncer is not None and self.link is not None and self.store.running:
+            self.syncer.start()
+            self.link.start()
         try:
             self.detector = load_detector(self.config.model)
         except (ModelError, BackendUnavailable, OSError, ValueError) as exc:
@@ -98,8 +112,11 @@ class Runtime:
         worker_done = self.worker is None or self.worker.join(max(0.0, deadline - time.monotonic() - 0.5))
         if not worker_done:
             log.warning("inference did not stop in time")
-        if not self.store.stop(max(0.2, deadline - time.monotonic())):
+        if not self.store.stop(max(0.2, deadline - time.monotonic() - (0.8 if self.link else 0))):
             log.error("store writer did not finish in time")
+        if self.syncer is not None and self.link is not None:
+            self.syncer.stop(0.3)
+            self.link.stop(max(0.1, deadline - time.monotonic()))
         if self.detector is not None and worker_done:  # never free a model that is still running
             self.detector.close()
 
@@ -122,6 +139,7 @@ class Runtime:
             "inference_errors": self.worker.errors if self.worker else 0,
             "frames_failed": self.worker.frames_failed if self.worker else 0,
             "cameras": cameras,
+            "sync": None if self.syncer is None else self.syncer.stats(),
             "store": {
                 "committed_rows": self.store.committed_rows,
                 "commits": self.store.commits,

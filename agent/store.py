@@ -8,7 +8,6 @@ The hand-off queue is bounded; what cannot be queued is dropped and counted.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import sqlite3
@@ -21,7 +20,9 @@ from pathlib import Path
 import sqlite_utils
 
 from agent.config import StorageConfig
+from agent.db import connect, transaction
 from agent.ids import uuid7
+from agent.outbox import Outbox, enqueue_detections, trim_outbox
 from engines import Detection
 
 log = logging.getLogger(__name__)
@@ -29,21 +30,6 @@ log = logging.getLogger(__name__)
 DB_NAME = "edge-agent.db"
 MAX_ROWS_PER_COMMIT = 5000
 # A writer batch carries at most this many rows; more waiting in the queue go in the next commit.
-
-
-@contextlib.contextmanager
-def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
-    """BEGIN IMMEDIATE … COMMIT: takes the write lock up front, so a busy database
-    is waited for (busy_timeout) instead of failing midway through the transaction.
-    sqlite-utils calls inside it join this transaction (as savepoints)."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield db
-    except BaseException:
-        if db.conn.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
 
 
 def _migrate_v1(db: sqlite_utils.Database) -> None:
@@ -56,17 +42,18 @@ def _migrate_v1(db: sqlite_utils.Database) -> None:
     db["counters"].create({"name": str, "value": int}, pk="name", not_null={"value"})
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_v1]
+def _migrate_v2(db: sqlite_utils.Database) -> None:
+    """The outbox: messages waiting for the broker's PUBACK (see agent.outbox)."""
+    db.execute(
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, "
+        "camera TEXT, payload TEXT NOT NULL, bytes INTEGER NOT NULL, created_ms INTEGER NOT NULL, "
+        "dead INTEGER NOT NULL DEFAULT 0, error TEXT)"
+    )
+    db.execute("CREATE INDEX outbox_pending ON outbox(dead, seq)")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_v1, _migrate_v2]
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def connect(path: Path, synchronous: str = "full") -> sqlite_utils.Database:
-    conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
-    conn.execute("PRAGMA busy_timeout=30000")
-    conn.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")  # the WAL shrinks back after checkpoints
-    return sqlite_utils.Database(conn)
 
 
 def migrate(db: sqlite_utils.Database) -> int:
@@ -98,9 +85,10 @@ class Store:
     """Owns the database file; `submit` is safe from any thread."""
 
     def __init__(self, data_dir: Path, config: StorageConfig,
-                 on_commit: Callable[[str, float], None] | None = None) -> None:
+                 on_commit: Callable[[str, float], None] | None = None, outbox: bool = False) -> None:
         self.path = data_dir / DB_NAME
         self.config = config
+        self.outbox = outbox  # also queue each detection for the broker, in the same transaction
         self._on_commit = on_commit
         self._queue: queue.Queue[_Pending] = queue.Queue(maxsize=config.queue_size)
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
@@ -155,6 +143,10 @@ class Store:
         except queue.Full:
             self._count_dropped(1)
             return False
+
+    @property
+    def running(self) -> bool:
+        return self._accepting
 
     @property
     def queue_depth(self) -> int:
@@ -214,6 +206,8 @@ class Store:
         try:
             with transaction(db):  # one transaction, one fsync, for the whole group
                 db["detections"].insert_all(rows, batch_size=MAX_ROWS_PER_COMMIT)
+                if self.outbox:
+                    enqueue_detections(db, rows)
         except sqlite3.Error as exc:  # disk full, I/O error: count, keep running
             self.write_errors += 1
             self._count_dropped(len(batch))
@@ -232,6 +226,7 @@ class Store:
         try:
             trim_by_age(db, self.config.max_age_hours, stop=self._stopping)
             trim_by_size(db, self.config.max_size_mb, stop=self._stopping)
+            trim_outbox(db, self.config.outbox_max_rows)
         except sqlite3.Error as exc:
             self.last_error = f"retention failed: {exc}"
             log.error("store: %s", self.last_error)
@@ -327,6 +322,9 @@ def stats(data_dir: Path) -> dict:
             "size_bytes": sum(f.stat().st_size for f in files if f.exists()),
             "trimmed_by_age": counters.get("trimmed_by_age", 0),
             "trimmed_by_size": counters.get("trimmed_by_size", 0),
+            **Outbox(db).counts(),
+            "outbox_trimmed": counters.get("outbox_trimmed", 0),
+            "mqtt_sessions": counters.get("mqtt_session", 0),
         }
     finally:
         db.conn.close()

@@ -6,10 +6,11 @@ import time
 from collections.abc import Callable
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    """Poll `predicate` until true; fail with `what` after `timeout` seconds."""
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0,
+             what: str | Callable[[], str] = "condition") -> None:
+    """Poll `predicate` until true; fail with `what` (text, or a function giving it) after `timeout` s."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout}s waiting for {what() if callable(what) else what}")
         time.sleep(0.02)

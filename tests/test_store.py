@@ -211,3 +211,22 @@ def test_sigterm_stops_within_five_seconds_with_the_store_flushed(tmp_path: Path
     produced, committed, dropped = int(summary[0]), int(summary[3]), int(summary[5])
     assert produced > 0 and produced == committed and dropped == 0  # everything inference produced was written
     assert len(_committed(db_path)) == committed
+
+
+def test_outbox_cap_trims_health_before_detections_and_counts(tmp_path: Path) -> None:
+    from agent.outbox import TELEMETRY, enqueue_detections, trim_outbox
+
+    db = connect(tmp_path / store_mod.DB_NAME)
+    migrate(db)
+    det = {"id": "x", "camera": "c", "ts_ms": 1, "frame": 1, "label": "l", "class_id": 0, "score": 0.5,
+           "x1": 0.0, "y1": 0.0, "x2": 1.0, "y2": 1.0}
+    with store_mod.transaction(db):
+        enqueue_detections(db, [det] * 5)
+        db.conn.executemany("INSERT INTO outbox(kind, payload, bytes, created_ms) VALUES (?, '{}', 2, 0)",
+                            [(TELEMETRY,)] * 4)
+        enqueue_detections(db, [det] * 3)
+    assert trim_outbox(db, 6) == 6
+    kinds = [r[0] for r in db.execute("SELECT kind FROM outbox ORDER BY seq").fetchall()]
+    assert kinds == ["detection"] * 6  # all 4 health readings went, then the 2 oldest detections
+    assert db.execute("SELECT min(seq) FROM outbox").fetchone()[0] == 3
+    assert store_mod.stats(tmp_path)["outbox_trimmed"] == 6

@@ -1,0 +1,218 @@
+"""The MQTT connection: paho-mqtt 2.x, MQTT v5, QoS 1, birth message and Last Will.
+
+One thread owns the paho network loop and reconnects with exponential backoff
+and full jitter. paho's session lives in memory only; durability is the
+outbox's job (agent.sync). Callbacks never raise into paho's thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.properties import Properties
+
+from agent import __version__
+from agent.backoff import Backoff
+from agent.config import MqttConfig
+
+log = logging.getLogger(__name__)
+
+
+def build_tls_context(config: MqttConfig) -> ssl.SSLContext | None:
+    """TLS ≥ 1.2 with verification; never an insecure mode."""
+    if config.tls is None:
+        return None
+    ctx = ssl.create_default_context(cafile=str(config.tls.ca_file) if config.tls.ca_file else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if config.tls.cert_file and config.tls.key_file:
+        ctx.load_cert_chain(str(config.tls.cert_file), str(config.tls.key_file))
+    return ctx
+
+
+class MqttLink:
+    """Connects, announces itself (birth), and reports acks to whoever sends."""
+
+    def __init__(self, config: MqttConfig, device_id: str, boot_id: str,
+                 next_session: Callable[[], int]) -> None:
+        self.config = config
+        self.device_id = device_id
+        self.boot_id = boot_id
+        self.base = f"{config.topic_prefix}/{device_id}"
+        self.status_topic = f"{self.base}/status"
+        self._next_session = next_session
+        self.session = 0
+        self.connected = threading.Event()
+        self.max_packet_size: int | None = None  # from the broker's CONNACK
+        self.last_error: str | None = None
+        self.connects = 0
+        self.on_publish: Callable[[int, int], None] = lambda mid, rc: None
+        self.on_connected: Callable[[], None] = lambda: None
+        self._stop = threading.Event()
+        self._closing = threading.Event()  # clean stop under way: do not reconnect
+        self._backoff = Backoff(config.reconnect.initial_s, config.reconnect.max_s, full_jitter=True)
+        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
+        self.client = self._make_client()
+
+    # -- set-up -------------------------------------------------------------------
+    def _status(self, online: bool) -> str:
+        return json.dumps({"v": 1, "online": online, "session": self.session, "boot_id": self.boot_id,
+                           "version": __version__, "device": self.device_id, "ts_ms": int(time.time() * 1000)})
+
+    def _make_client(self) -> mqtt.Client:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.device_id, protocol=mqtt.MQTTv5)
+        client.suppress_exceptions = True  # our callbacks also catch everything; belt and braces
+        if self.config.username is not None:
+            client.username_pw_set(self.config.username, self.config.read_password())
+        tls = build_tls_context(self.config)
+        if tls is not None:
+            client.tls_set_context(tls)
+        client.max_queued_messages_set(self.config.window * 2)
+        client.max_inflight_messages_set(self.config.window)
+        client.will_set(self.status_topic, self._status(False), qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    # -- paho callbacks (network thread) -------------------------------------------
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any,
+                    properties: Properties | None) -> None:
+        try:
+            if reason.is_failure:
+                self.last_error = f"broker refused the connection: {reason}"
+                log.error("mqtt: %s", self.last_error)
+                return
+            self.session = self._next_session()
+            self.max_packet_size = getattr(properties, "MaximumPacketSize", None) if properties else None
+            client.publish(self.status_topic, self._status(True), qos=1, retain=True)  # birth before any data
+            self.connects += 1
+            self.last_error = None
+            self._backoff.reset()
+            self.connected.set()
+            log.info("mqtt: connected to %s:%d (session %d)", self.config.host, self.config.port, self.session)
+            self.on_connected()
+        except Exception:
+            log.exception("mqtt: on_connect failed")
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any,
+                       _properties: Properties | None) -> None:
+        self.connected.clear()
+        if not self._closing.is_set():
+            self.last_error = f"disconnected: {reason}"
+            log.warning("mqtt: %s", self.last_error)
+
+    def _on_publish(self, _client: mqtt.Client, _userdata: Any, mid: int, reason: Any,
+                    _properties: Properties | None) -> None:
+        try:
+            self.on_publish(mid, int(getattr(reason, "value", reason)))
+        except Exception:
+            log.exception("mqtt: on_publish handler failed")
+
+    # -- connection loop ----------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self._socket_open():
+                if self._closing.is_set():
+                    return
+                try:
+                    self.client.connect(self.config.host, self.config.port, self.config.keepalive,
+                                        clean_start=True)
+                except (OSError, ssl.SSLError, ValueError) as exc:
+                    self.last_error = describe_connect_error(exc)
+                    delay = self._backoff.next_delay()
+                    log.info("mqtt: %s; retrying in %.1fs", self.last_error, delay)
+                    self._stop.wait(delay)
+                    continue
+            rc = self.client.loop(timeout=0.05)
+            if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
+                self.connected.clear()
+                self._stop.wait(self._backoff.next_delay())
+
+    def _socket_open(self) -> bool:
+        return self.client.socket() is not None
+
+    def publish(self, topic: str, payload: str | bytes, retain: bool = False) -> int | None:
+        """Hand a QoS 1 message to paho; its mid, or None if paho refused it now."""
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        return info.mid if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS else None
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Say goodbye (retained offline status), disconnect cleanly, end the loop."""
+        deadline = time.monotonic() + timeout
+        self._closing.set()
+        if self.connected.is_set():
+            info = self.client.publish(self.status_topic, self._status(False), qos=1, retain=True)
+            while not info.is_published() and time.monotonic() < deadline and self._thread.is_alive():
+                time.sleep(0.01)  # the network thread delivers it; nothing to wait on but its flag
+            self.client.disconnect()  # queued; the loop below still runs to send it
+            while self._socket_open() and time.monotonic() < deadline and self._thread.is_alive():
+                time.sleep(0.01)
+        self._stop.set()
+        self._thread.join(max(0.1, deadline - time.monotonic()))
+
+
+def describe_connect_error(exc: BaseException) -> str:
+    """The exact reason a connection failed: DNS, refused, TLS, timeout."""
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the broker's host name ({exc.strerror})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the broker running and listening on that port?)"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not accepted: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return "connection timed out"
+    return f"cannot connect: {exc}"
+
+
+def random_boot_id() -> str:
+    return f"{random.getrandbits(64):016x}"
+
+
+
+
+def check_connection(config: MqttConfig, client_id: str, timeout: float = 10.0) -> tuple[bool, str]:
+    """Connect once and say exactly what happened (for `edge-agent mqtt-check`)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{client_id}-check", protocol=mqtt.MQTTv5)
+    if config.username is not None:
+        try:
+            client.username_pw_set(config.username, config.read_password())
+        except OSError as exc:
+            return False, f"cannot read password_file: {exc.strerror or exc}"
+    try:
+        tls = build_tls_context(config)
+    except (OSError, ssl.SSLError) as exc:
+        return False, f"TLS set-up failed (CA, certificate or key file): {exc}"
+    if tls is not None:
+        client.tls_set_context(tls)
+    answer: list[str] = []
+    client.on_connect = lambda _c, _u, _f, reason, _p: answer.append(str(reason))
+    target = f"{config.host}:{config.port}"
+    try:
+        client.connect(config.host, config.port, config.keepalive)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        return False, f"{target}: {describe_connect_error(exc)}"
+    deadline = time.monotonic() + timeout
+    while not answer and time.monotonic() < deadline:
+        if client.loop(timeout=0.1) not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
+            break
+    client.disconnect()
+    if not answer:
+        return False, f"{target}: no answer to CONNECT within {timeout:g}s (not an MQTT broker, or TLS expected?)"
+    if answer[0] != "Success":
+        return False, f"{target}: broker refused the connection: {answer[0]}"
+    return True, f"{target}: connected (MQTT v5{', TLS' if tls else ''})"

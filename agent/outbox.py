@@ -1,0 +1,114 @@
+"""The outbox: the only durable queue between the store and the broker.
+
+A row is written in the same transaction as what it carries, and deleted only
+after the broker's PUBACK with a success code (DESIGN invariant 3). Rows the
+broker refuses for good (not authorised, too large, bad topic or payload) are
+kept as dead letters, counted and reported, never silently deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlite_utils
+
+from agent.db import connect, transaction
+
+log = logging.getLogger(__name__)
+
+DETECTION = "detection"
+TELEMETRY = "telemetry"
+
+
+def detection_payload(row: dict) -> str:
+    return json.dumps({
+        "id": row["id"], "camera": row["camera"], "ts_ms": row["ts_ms"], "frame": row["frame"],
+        "label": row["label"], "class_id": row["class_id"], "score": round(row["score"], 4),
+        "box": [round(row[k], 1) for k in ("x1", "y1", "x2", "y2")],
+    }, separators=(",", ":"))
+
+
+def enqueue_detections(db: sqlite_utils.Database, rows: Iterable[dict]) -> None:
+    """Queue detections for sync; call inside the transaction that stores them."""
+    now = int(time.time() * 1000)
+    db.conn.executemany(
+        "INSERT INTO outbox(kind, camera, payload, bytes, created_ms) VALUES (?, ?, ?, ?, ?)",
+        [(DETECTION, r["camera"], p, len(p), now) for r in rows for p in [detection_payload(r)]],
+    )
+
+
+def trim_outbox(db: sqlite_utils.Database, max_rows: int) -> int:
+    """Keep at most `max_rows`: health readings go first, then detections, oldest first; counted."""
+    total = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+    excess = total - max_rows
+    if excess <= 0:
+        return 0
+    with transaction(db):
+        db.execute(
+            "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox "
+            "ORDER BY kind = ?, seq LIMIT ?)", (DETECTION, excess),
+        )
+        db.execute("INSERT INTO counters(name, value) VALUES ('outbox_trimmed', ?) "
+                   "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (excess,))
+    log.warning("outbox over %d rows: trimmed %d (health readings first, then the oldest detections)",
+                max_rows, excess)
+    return excess
+
+
+def next_session(db_path: Path) -> int:
+    """Count one more broker session, durably; called on every connect (own connection)."""
+    db = connect(db_path)
+    try:
+        with transaction(db):
+            db.execute("INSERT INTO counters(name, value) VALUES ('mqtt_session', 1) "
+                       "ON CONFLICT(name) DO UPDATE SET value = value + 1")
+            return int(db.execute("SELECT value FROM counters WHERE name = 'mqtt_session'").fetchone()[0])
+    finally:
+        db.conn.close()
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    seq: int
+    kind: str
+    camera: str | None
+    payload: str
+    bytes: int
+    created_ms: int
+
+
+class Outbox:
+    """The sync side of the outbox, on its own connection (the store's writer has another)."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    def pending(self, after_seq: int, limit: int) -> list[OutboxRow]:
+        """Live rows past `after_seq`, oldest first."""
+        cur = self.db.execute(
+            "SELECT seq, kind, camera, payload, bytes, created_ms FROM outbox "
+            "WHERE dead = 0 AND seq > ? ORDER BY seq LIMIT ?", (after_seq, limit),
+        )
+        return [OutboxRow(*r) for r in cur.fetchall()]
+
+    def acknowledge(self, seqs: list[int]) -> None:
+        """The broker has them: delete (one transaction for all)."""
+        with transaction(self.db):
+            self.db.conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+
+    def bury(self, seqs: list[int], reason: str) -> None:
+        """The broker refused them for good: keep them as dead letters."""
+        with transaction(self.db):
+            self.db.conn.executemany("UPDATE outbox SET dead = 1, error = ? WHERE seq = ?",
+                                     [(reason, s) for s in seqs])
+
+    def counts(self) -> dict:
+        pending, dead, oldest = self.db.execute(
+            "SELECT sum(dead = 0), sum(dead = 1), min(CASE WHEN dead = 0 THEN created_ms END) FROM outbox"
+        ).fetchone()
+        return {"outbox_pending": pending or 0, "outbox_dead": dead or 0, "outbox_oldest_ms": oldest}

@@ -1,0 +1,219 @@
+"""Store-and-forward: drains the outbox to the broker, deleting rows only on PUBACK.
+
+One sender thread hands paho at most `window` messages at a time. Acks arrive
+on paho's network thread and are only queued there (paho holds its own lock
+while calling back, so taking ours there could deadlock); this thread matches
+them to outbox rows and deletes, buries or releases those rows. Detections are
+batched per camera at send time, capped by count, bytes and age.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from agent.config import MqttConfig
+from agent.db import connect
+from agent.mqtt_link import MqttLink
+from agent.outbox import DETECTION, Outbox, OutboxRow
+
+log = logging.getLogger(__name__)
+
+# MQTT v5 reason codes that will not get better by sending again.
+PERMANENT_FAILURES = {
+    0x87: "not authorized",
+    0x90: "topic name invalid",
+    0x95: "packet too large",
+    0x99: "payload format invalid",
+}
+INFLIGHT_TIMEOUT_S = 60.0  # an unanswered message is sent again after this
+FETCH = 2000  # outbox rows read per pass
+
+
+@dataclass
+class _InFlight:
+    seqs: list[int]
+    sent_mono: float
+    oldest_created_ms: int
+
+
+class Syncer:
+    def __init__(self, link: MqttLink, db_path, config: MqttConfig) -> None:
+        self.link = link
+        self.config = config
+        self._db_path = db_path
+        self._acks: collections.deque[tuple[int, int]] = collections.deque()  # filled by paho's thread
+        self._inflight: dict[int, _InFlight] = {}
+        self._busy: set[int] = set()  # seqs in flight
+        self._cursor = 0  # highest seq handed to paho; rows given up on reset it
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sync", daemon=True)
+        self.seq = 0  # per boot, in every message with boot_id
+        self.messages_acked = 0
+        self.rows_acked = 0
+        self.dead_letters = 0
+        self.retries = 0
+        self.last_publish_error: str | None = None
+        self.puback_latency_ms: collections.deque[float] = collections.deque(maxlen=4096)
+        link.on_publish = self._on_publish
+        link.on_connected = self._wake.set
+
+    # -- wiring -------------------------------------------------------------------
+    def _on_publish(self, mid: int, reason: int) -> None:
+        self._acks.append((mid, reason))
+        self._wake.set()
+
+    def notify(self) -> None:
+        """New rows were committed."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    # -- the sender ---------------------------------------------------------------
+    def _run(self) -> None:
+        self.outbox = Outbox(connect(self._db_path))
+        try:
+            while not self._stop.is_set():
+                self._wake.clear()
+                try:
+                    self._settle_acks()
+                    self._expire()
+                    wait = self._send() if self.link.connected.is_set() else 0.5
+                except Exception as exc:  # e.g. database busy beyond its timeout: retry shortly
+                    self.last_publish_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("sync pass failed")
+                    wait = 1.0
+                self._wake.wait(wait)
+            self._settle_acks()
+        finally:
+            self.outbox.db.conn.close()
+
+    def _settle_acks(self) -> None:
+        done: list[int] = []
+        now = time.monotonic()
+        while self._acks:
+            mid, reason = self._acks.popleft()
+            flight = self._inflight.pop(mid, None)
+            if flight is None:
+                continue  # an ack for a message we already gave up on: it will be sent again anyway
+            self._busy.difference_update(flight.seqs)
+            if reason >= 0x80 and reason not in PERMANENT_FAILURES:
+                self._cursor = 0  # released: rescan from the oldest row
+            if reason < 0x80:
+                done.extend(flight.seqs)
+                self.messages_acked += 1
+                self.puback_latency_ms.append((now - flight.sent_mono) * 1000)
+            elif reason in PERMANENT_FAILURES:
+                self.dead_letters += len(flight.seqs)
+                self.last_publish_error = f"broker refused a message: {PERMANENT_FAILURES[reason]}"
+                self.outbox.bury(flight.seqs, PERMANENT_FAILURES[reason])
+                log.error("sync: %s; %d rows kept as dead letters", self.last_publish_error, len(flight.seqs))
+            else:
+                self.retries += 1
+                self.last_publish_error = f"broker answered reason code 0x{reason:02x}; will retry"
+        if done:
+            self.outbox.acknowledge(done)
+            self.rows_acked += len(done)
+
+    def _expire(self) -> None:
+        cutoff = time.monotonic() - INFLIGHT_TIMEOUT_S
+        for mid in [m for m, f in self._inflight.items() if f.sent_mono < cutoff]:
+            flight = self._inflight.pop(mid)
+            self._busy.difference_update(flight.seqs)
+            self.retries += 1
+            self._cursor = 0
+
+    def _send(self) -> float:
+        """Publish what fits in the window; returns how long to wait before the next pass."""
+        room = self.config.window - len(self._inflight)
+        if room <= 0:
+            return 0.5
+        fetched = self.outbox.pending(self._cursor, FETCH)
+        rows = [r for r in fetched if r.seq not in self._busy]
+        if not rows:
+            return 0.5
+        more_waiting = len(fetched) >= FETCH
+        now_ms = int(time.time() * 1000)
+        wait = 0.5
+        for topic, group in self._messages(rows):
+            if room <= 0:
+                return 0.0
+            oldest = min(r.created_ms for r in group)
+            full = self._is_full(group)
+            age_left = self.config.batch.max_age_ms - (now_ms - oldest)
+            if group[0].kind == DETECTION and not (full or more_waiting or age_left <= 0):
+                wait = min(wait, age_left / 1000)
+                continue  # let it gather companions for a few more milliseconds
+            if not self._publish(topic, group, oldest):
+                return 0.2
+            room -= 1
+        return min(wait, 0.0 if more_waiting else wait)
+
+    def _is_full(self, group: list[OutboxRow]) -> bool:
+        return len(group) >= self.config.batch.max_count or \
+            sum(r.bytes for r in group) >= self._byte_cap() - 1024
+
+    def _byte_cap(self) -> int:
+        cap = self.config.batch.max_bytes
+        if self.link.max_packet_size:
+            cap = min(cap, self.link.max_packet_size - 512)  # room for topic and headers
+        return max(cap, 1024)
+
+    def _messages(self, rows: list[OutboxRow]) -> list[tuple[str, list[OutboxRow]]]:
+        """Group rows into messages: detections per camera (capped), anything else alone."""
+        out: list[tuple[str, list[OutboxRow]]] = []
+        open_groups: dict[str, list[OutboxRow]] = {}
+        cap = self._byte_cap()
+        for row in rows:
+            if row.kind != DETECTION:
+                out.append((f"{self.link.base}/{row.kind}", [row]))
+                continue
+            group = open_groups.get(row.camera or "")
+            if group is None or len(group) >= self.config.batch.max_count or \
+                    sum(r.bytes + 1 for r in group) + row.bytes > cap:
+                group = open_groups[row.camera or ""] = []
+                out.append((f"{self.link.base}/detections/{row.camera}", group))
+            group.append(row)
+        return out
+
+    def _publish(self, topic: str, group: list[OutboxRow], oldest_ms: int) -> bool:
+        self.seq += 1
+        if group[0].kind == DETECTION:
+            payload = (
+                f'{{"v":1,"device":{json.dumps(self.link.device_id)},"boot_id":"{self.link.boot_id}",'
+                f'"seq":{self.seq},"camera":{json.dumps(group[0].camera)},"detections":['
+                + ",".join(r.payload for r in group) + "]}"
+            )
+        else:
+            payload = group[0].payload
+        mid = self.link.publish(topic, payload)
+        if mid is None:
+            self.last_publish_error = "paho refused the message (not connected or queue full)"
+            return False
+        self._inflight[mid] = _InFlight([r.seq for r in group], time.monotonic(), oldest_ms)
+        self._busy.update(r.seq for r in group)
+        self._cursor = max(self._cursor, max(r.seq for r in group))
+        return True
+
+    def stats(self) -> dict:
+        latencies = sorted(self.puback_latency_ms)
+        p = (lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1)) if latencies \
+            else (lambda q: None)
+        return {
+            "connected": self.link.connected.is_set(), "session": self.link.session,
+            "in_flight": len(self._inflight), "messages_acked": self.messages_acked,
+            "rows_acked": self.rows_acked, "dead_letters": self.dead_letters, "retries": self.retries,
+            "publish_to_puback_ms": {"p50": p(0.5), "p95": p(0.95)},
+            "last_error": self.last_publish_error or self.link.last_error,
+        }

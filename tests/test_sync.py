@@ -1,0 +1,164 @@
+"""Store-and-forward over a real Mosquitto: nothing committed is ever lost."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.config import validate_config
+from agent.demo.clips import write_clip
+from agent.runtime import Runtime
+from agent.store import DB_NAME
+from tests.broker import Mosquitto
+from tests.helpers import wait_for
+from tests.mqtt_client import Collector
+
+
+@pytest.fixture(scope="module")
+def long_clip(clip_dir: Path) -> Path:
+    return write_clip(clip_dir / "long.mp4", seconds=20.0, seed=21)
+
+
+def agent_config(tmp_path: Path, clip: Path, port: int, device: str) -> dict:
+    return {
+        "device": {"id": device},
+        "cameras": [{"name": "yard", "source": str(clip), "fps": 20, "loop": False}],
+        "model": {"score_threshold": 0.3},
+        "storage": {"path": str(tmp_path / "data")},
+        "mqtt": {"host": "127.0.0.1", "port": port, "reconnect": {"initial_s": 0.05, "max_s": 0.3}},
+    }
+
+
+def db_rows(data: Path, query: str) -> list[tuple]:
+    conn = sqlite3.connect(data / DB_NAME)
+    try:
+        return conn.execute(query).fetchall()
+    except sqlite3.OperationalError:  # not created yet
+        return []
+    finally:
+        conn.close()
+
+
+def committed_ids(data: Path) -> set[str]:
+    return {r[0] for r in db_rows(data, "SELECT id FROM detections")}
+
+
+def outbox_pending(data: Path) -> int:
+    rows = db_rows(data, "SELECT count(*) FROM outbox WHERE dead = 0")
+    return rows[0][0] if rows else -1
+
+
+def test_broker_down_at_start_and_restarted_loses_nothing(tmp_path: Path, long_clip: Path) -> None:
+    broker = Mosquitto(tmp_path / "broker").start()
+    collector = Collector(broker.port, "edge/dev-a/#")  # its session outlives broker restarts
+    broker.stop()  # down before the agent starts
+    runtime = Runtime(validate_config(agent_config(tmp_path, long_clip, broker.port, "dev-a")))
+    runtime.start()
+    data = tmp_path / "data"
+    try:
+        wait_for(lambda: len(committed_ids(data)) >= 50, what="detections stored while the broker is down")
+        assert not runtime.link.connected.is_set()
+        assert "connection refused" in (runtime.syncer.stats()["last_error"] or "")
+        for _ in range(3):  # up, drain some, down again while detections keep coming
+            broker.start()
+            acked = runtime.syncer.rows_acked
+            wait_for(lambda a=acked: runtime.syncer.rows_acked > a + 20, what="drained after reconnect")
+            broker.stop()
+            stored = len(committed_ids(data))
+            wait_for(lambda s=stored: len(committed_ids(data)) > s + 20, what="stored while down")
+        broker.start()
+        camera = runtime.cameras["yard"]
+        wait_for(lambda: camera.state.value == "finished", timeout=60, what="clip finished")
+        wait_for(lambda: outbox_pending(data) == 0, timeout=60, what="outbox drained")
+        ids = committed_ids(data)
+        wait_for(lambda: collector.unique() >= ids, timeout=30,
+                 what=lambda: f"collector to have every id ({len(ids - collector.unique())} missing)")
+        assert collector.unique() == ids  # zero lost, nothing unknown
+        assert runtime.link.session >= 4  # one more session per connect
+    finally:
+        runtime.stop()
+        collector.close()
+        broker.stop()
+
+
+def test_sigkilled_agent_resends_after_restart_and_the_will_reports_it(tmp_path: Path, long_clip: Path) -> None:
+    broker = Mosquitto(tmp_path / "broker").start()
+    collector = Collector(broker.port, "edge/dev-k/#")
+    config = tmp_path / "agent.yaml"
+    config.write_text(json.dumps(agent_config(tmp_path, long_clip, broker.port, "dev-k")))
+    data = tmp_path / "data"
+    command = [sys.executable, "-m", "agent", "run", "--config", str(config), "--quiet"]
+    try:
+        agent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: len(collector.unique()) >= 50, what="detections arriving")
+        agent.send_signal(signal.SIGKILL)
+        agent.wait(10)
+        wait_for(lambda: any(s["online"] is False for s in collector.status), what="Last Will")
+        stored_before = committed_ids(data)
+        agent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: any(s["online"] and s["session"] == 2 for s in collector.status), what="second birth")
+        wait_for(lambda: collector.unique() >= stored_before, timeout=60, what="the first run's rows")
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(10)
+        assert agent.returncode == 0
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+        collector.close()
+        broker.stop()
+    assert collector.status[-1]["online"] is False  # clean stop says goodbye explicitly
+
+
+def test_broker_refusing_a_topic_leads_to_dead_letters_not_deletion(tmp_path: Path, long_clip: Path) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite edge/dev-d/status\n")  # detections are not allowed
+    broker = Mosquitto(tmp_path / "broker", extra_conf=f"acl_file {acl}\n").start()
+    runtime = Runtime(validate_config(agent_config(tmp_path, long_clip, broker.port, "dev-d")))
+    runtime.start()
+    data = tmp_path / "data"
+    try:
+        wait_for(lambda: runtime.syncer.dead_letters >= 20, what="dead letters")
+        dead = db_rows(data, "SELECT count(*), min(error) FROM outbox WHERE dead = 1")[0]
+        assert dead[0] == runtime.syncer.dead_letters and dead[1] == "not authorized"
+        assert "not authorized" in runtime.syncer.stats()["last_error"]
+        assert runtime.link.connected.is_set()  # a refused topic does not break the connection
+    finally:
+        runtime.stop()
+        broker.stop()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_mqtt_check_reports_success_refusal_and_bad_credentials(tmp_path: Path) -> None:
+    import shutil
+
+    passwords = tmp_path / "passwd"
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.skip("mosquitto_passwd not installed")
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "device", "right"], check=True)
+    passwords.chmod(0o644)
+    broker = Mosquitto(tmp_path / "broker",
+                       extra_conf=f"allow_anonymous false\npassword_file {passwords}\n").start()
+    config = tmp_path / "c.yaml"
+    secret = tmp_path / "secret"
+    try:
+        for password, expect_ok, words in (("right", True, "connected"), ("wrong", False, "refused")):
+            secret.write_text(password)
+            config.write_text(json.dumps({"storage": {"path": str(tmp_path / "d")}, "mqtt": {
+                "host": "127.0.0.1", "port": broker.port, "username": "device", "password_file": str(secret)}}))
+            result = run_cli("mqtt-check", "--config", str(config))
+            assert (result.returncode == 0) is expect_ok, result
+            assert words in (result.stdout + result.stderr)
+            assert password not in (result.stdout + result.stderr)
+    finally:
+        broker.stop()
+    result = run_cli("mqtt-check", "--config", str(config))  # broker gone
+    assert result.returncode == 1 and "connection refused" in result.stderr
