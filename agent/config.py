@@ -143,6 +143,10 @@ class ConsoleConfig(_Strict):
     interval_s: float = Field(1.0, gt=0, le=3600, description="status line period")
 
 
+class TelemetryConfig(_Strict):
+    interval_s: float = Field(10.0, ge=1, le=3600, description="health reading period")
+
+
 class AgentConfig(_Strict):
     device: DeviceConfig = Field(default_factory=DeviceConfig)
     cameras: list[CameraConfig] = Field(default_factory=_demo_cameras, max_length=64)
@@ -150,6 +154,7 @@ class AgentConfig(_Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     mqtt: MqttConfig | None = None  # absent: no broker
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
 
     @field_validator("cameras")
     @classmethod

@@ -72,6 +72,14 @@ def next_session(db_path: Path) -> int:
         db.conn.close()
 
 
+def enqueue_readings(db: sqlite_utils.Database, readings: list[tuple[str, str]]) -> None:
+    """Queue health readings (kind, JSON payload); call inside a transaction."""
+    if readings:
+        now = int(time.time() * 1000)
+        db.conn.executemany("INSERT INTO outbox(kind, payload, bytes, created_ms) VALUES (?, ?, ?, ?)",
+                            [(kind, p, len(p), now) for kind, p in readings])
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
     seq: int

@@ -8,6 +8,7 @@ loaded is reported and the agent keeps capturing (DESIGN invariant 8).
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from dataclasses import asdict
@@ -21,9 +22,10 @@ from agent.identity import resolve_device_id
 from agent.inference import InferenceWorker
 from agent.metrics import PipelineMetrics
 from agent.mqtt_link import MqttLink, random_boot_id
-from agent.outbox import next_session
-from agent.store import Store, StoreError
+from agent.outbox import TELEMETRY, next_session
+from agent.store import Store, StoreError, health_figures
 from agent.sync import Syncer
+from agent.telemetry import Telemetry
 from engines import BackendUnavailable, Detection, Detector, ModelError, load_detector
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,10 @@ class Runtime:
             self.link = MqttLink(config.mqtt, self.device_id, random_boot_id(),
                                  lambda: next_session(self.store.path))
             self.syncer = Syncer(self.link, self.store.path, config.mqtt)
+        self.telemetry = Telemetry(
+            config.telemetry.interval_s, self.data_dir, self.status, self._store_figures,
+            lambda payload: self.store.submit_reading(TELEMETRY, payload) if self.syncer else True,
+        )
         self._wake = threading.Event()
         self.cameras: dict[str, Camera] = {}
         self.detector: Detector | None = None
@@ -50,6 +56,12 @@ class Runtime:
         self.started_mono: float | None = None
 
     # -- wiring -------------------------------------------------------------------
+    def _store_figures(self) -> dict:
+        try:
+            return health_figures(self.data_dir)
+        except (OSError, sqlite3.Error) as exc:
+            return {"error": str(exc)}
+
     def _on_commit(self, camera: str, ms: float) -> None:
         self.metrics.record_stage(camera, "store", ms)
         if self.syncer is not None:
@@ -91,6 +103,7 @@ class Runtime:
             camera = Camera(cam_config, slot, self.data_dir)
             self.cameras[cam_config.name] = camera
             camera.start()
+        self.telemetry.start()
         self.started_mono = time.monotonic()
         log.info("device %s: %d camera(s), data in %s", self.device_id, len(self.cameras), self.data_dir)
 
@@ -101,6 +114,7 @@ class Runtime:
         thread is a daemon), then inference, then the store drains its queue.
         """
         deadline = time.monotonic() + timeout
+        self.telemetry.stop()
         for camera in self.cameras.values():
             camera.stop()
         if self.worker is not None:

@@ -22,7 +22,7 @@ import sqlite_utils
 from agent.config import StorageConfig
 from agent.db import connect, transaction
 from agent.ids import uuid7
-from agent.outbox import Outbox, enqueue_detections, trim_outbox
+from agent.outbox import Outbox, enqueue_detections, enqueue_readings, trim_outbox
 from engines import Detection
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,16 @@ class _Pending:
     detections: Sequence[Detection]
 
 
+@dataclass(slots=True)
+class _Reading:
+    """A health reading for the outbox (only queued when a broker is configured)."""
+
+    kind: str
+    payload: str
+
+    detections = ()  # counts as no detection rows in a batch
+
+
 class StoreError(Exception):
     """The database cannot be opened or migrated (corrupt file, no space, no permission)."""
 
@@ -90,7 +100,7 @@ class Store:
         self.config = config
         self.outbox = outbox  # also queue each detection for the broker, in the same transaction
         self._on_commit = on_commit
-        self._queue: queue.Queue[_Pending] = queue.Queue(maxsize=config.queue_size)
+        self._queue: queue.Queue[_Pending | _Reading] = queue.Queue(maxsize=config.queue_size)
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._ready = threading.Event()
         self._stopping = threading.Event()
@@ -144,6 +154,18 @@ class Store:
             self._count_dropped(1)
             return False
 
+    def submit_reading(self, kind: str, payload: str) -> bool:
+        """Queue a health reading for the broker; False (and counted) if it cannot be stored."""
+        if not (self._accepting and self.outbox):
+            self._count_dropped(1)
+            return False
+        try:
+            self._queue.put_nowait(_Reading(kind, payload))
+            return True
+        except queue.Full:
+            self._count_dropped(1)
+            return False
+
     @property
     def running(self) -> bool:
         return self._accepting
@@ -180,9 +202,9 @@ class Store:
         finally:
             db.conn.close()
 
-    def _take_batch(self) -> list[_Pending]:
+    def _take_batch(self) -> list[_Pending | _Reading]:
         """Whatever is queued now, up to MAX_ROWS_PER_COMMIT rows; waits briefly if empty."""
-        batch: list[_Pending] = []
+        batch: list[_Pending | _Reading] = []
         rows = 0
         try:
             item = self._queue.get(timeout=0.1)
@@ -196,7 +218,9 @@ class Store:
             pass
         return batch
 
-    def _commit(self, db: sqlite_utils.Database, batch: list[_Pending]) -> None:
+    def _commit(self, db: sqlite_utils.Database, items: list[_Pending | _Reading]) -> None:
+        batch = [p for p in items if isinstance(p, _Pending)]
+        readings = [(r.kind, r.payload) for r in items if isinstance(r, _Reading)]
         rows = [
             {"id": uuid7(p.wall_ms), "camera": p.camera, "ts_ms": p.wall_ms, "frame": p.frame,
              "label": d.label, "class_id": d.class_id, "score": d.score,
@@ -205,14 +229,16 @@ class Store:
         ]
         try:
             with transaction(db):  # one transaction, one fsync, for the whole group
-                db["detections"].insert_all(rows, batch_size=MAX_ROWS_PER_COMMIT)
+                if rows:
+                    db["detections"].insert_all(rows, batch_size=MAX_ROWS_PER_COMMIT)
                 if self.outbox:
                     enqueue_detections(db, rows)
+                    enqueue_readings(db, readings)
         except sqlite3.Error as exc:  # disk full, I/O error: count, keep running
             self.write_errors += 1
-            self._count_dropped(len(batch))
+            self._count_dropped(len(items))
             self.last_error = f"write failed: {exc}"
-            log.error("store: %s (%d frames of results lost)", self.last_error, len(batch))
+            log.error("store: %s (%d frames of results lost)", self.last_error, len(items))
             return
         self.commits += 1
         self.committed_rows += len(rows)
@@ -325,6 +351,26 @@ def stats(data_dir: Path) -> dict:
             **Outbox(db).counts(),
             "outbox_trimmed": counters.get("outbox_trimmed", 0),
             "mqtt_sessions": counters.get("mqtt_session", 0),
+        }
+    finally:
+        db.conn.close()
+
+
+def health_figures(data_dir: Path) -> dict:
+    """Cheap figures for telemetry: file size, outbox depth and age, trimmed counts."""
+    db = open_readonly(data_dir)
+    try:
+        counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+        outbox = Outbox(db).counts()
+        oldest = outbox.pop("outbox_oldest_ms")
+        path = data_dir / DB_NAME
+        return {
+            "size_bytes": sum(f.stat().st_size for f in (path, path.with_name(path.name + "-wal")) if f.exists()),
+            **outbox,
+            "outbox_oldest_age_s": None if oldest is None else round(time.time() - oldest / 1000, 1),
+            "outbox_trimmed": counters.get("outbox_trimmed", 0),
+            "trimmed_by_age": counters.get("trimmed_by_age", 0),
+            "trimmed_by_size": counters.get("trimmed_by_size", 0),
         }
     finally:
         db.conn.close()

@@ -196,7 +196,10 @@ class Syncer:
                 + ",".join(r.payload for r in group) + "]}"
             )
         else:
-            payload = group[0].payload
+            payload = (
+                f'{{"v":1,"device":{json.dumps(self.link.device_id)},"boot_id":"{self.link.boot_id}",'
+                f'"seq":{self.seq},"{group[0].kind}":{group[0].payload}}}'
+            )
         mid = self.link.publish(topic, payload)
         if mid is None:
             self.last_publish_error = "paho refused the message (not connected or queue full)"

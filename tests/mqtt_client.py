@@ -18,8 +18,10 @@ class Collector:
     def __init__(self, port: int, topic: str, client_id: str = "test-collector") -> None:
         self.ids: Counter[str] = Counter()
         self.status: list[dict] = []
+        self.telemetry: list[dict] = []
         self.messages = 0
         self.seqs: set[int] = set()
+        self.largest = 0  # bytes of the largest payload received
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
@@ -38,8 +40,11 @@ class Collector:
         body = json.loads(msg.payload)
         with self._lock:
             self.messages += 1
+            self.largest = max(self.largest, len(msg.payload))
             if msg.topic.endswith("/status"):
                 self.status.append(body)
+            if msg.topic.endswith("/telemetry"):
+                self.telemetry.append(body)
             if "seq" in body:
                 self.seqs.add(body["seq"])
             for det in body.get("detections", []):

@@ -162,3 +162,53 @@ def test_mqtt_check_reports_success_refusal_and_bad_credentials(tmp_path: Path) 
         broker.stop()
     result = run_cli("mqtt-check", "--config", str(config))  # broker gone
     assert result.returncode == 1 and "connection refused" in result.stderr
+
+
+def test_health_readings_taken_offline_arrive_later(tmp_path: Path, long_clip: Path) -> None:
+    broker = Mosquitto(tmp_path / "broker").start()
+    collector = Collector(broker.port, "edge/dev-t/#")
+    broker.stop()
+    settings = agent_config(tmp_path, long_clip, broker.port, "dev-t")
+    settings["telemetry"] = {"interval_s": 1}
+    runtime = Runtime(validate_config(settings))
+    runtime.start()
+    data = tmp_path / "data"
+    try:
+        wait_for(lambda: len(db_rows(data, "SELECT seq FROM outbox WHERE kind = 'telemetry'")) >= 2,
+                 what="two readings stored offline")
+        offline_until = runtime.telemetry.last["ts_ms"]
+        broker.start()
+        wait_for(lambda: any(t["telemetry"]["ts_ms"] <= offline_until for t in collector.telemetry),
+                 what="an offline reading delivered")
+        reading = collector.telemetry[0]
+        assert {"boot_id", "seq", "device"} <= set(reading) and reading["device"] == "dev-t"
+        body = reading["telemetry"]
+        assert body["cameras"]["yard"]["state"] in ("running", "finished")
+        assert {"outbox_pending", "outbox_dead", "outbox_trimmed", "size_bytes"} <= set(body["store"])
+        assert body["gpu"]["available"] is False and body["gpu"]["reason"]  # absent, with the reason
+    finally:
+        runtime.stop()
+        collector.close()
+        broker.stop()
+
+
+def test_batches_respect_the_brokers_maximum_packet_size(tmp_path: Path, long_clip: Path) -> None:
+    broker = Mosquitto(tmp_path / "broker", extra_conf="max_packet_size 3000\n").start()
+    collector = Collector(broker.port, "edge/dev-p/detections/#")
+    settings = agent_config(tmp_path, long_clip, broker.port, "dev-p")
+    settings["cameras"][0].update(realtime=False)  # a fast backlog: big batches want to form
+    runtime = Runtime(validate_config(settings))
+    runtime.start()
+    data = tmp_path / "data"
+    try:
+        wait_for(lambda: runtime.cameras["yard"].state.value == "finished", timeout=60, what="clip finished")
+        wait_for(lambda: outbox_pending(data) == 0, timeout=60, what="outbox drained")
+        ids = committed_ids(data)
+        wait_for(lambda: collector.unique() >= ids, what="every id delivered")
+        assert runtime.link.max_packet_size == 3000
+        assert 1000 < collector.largest <= 3000 - 100  # split to fit, never dropped
+        assert runtime.syncer.dead_letters == 0
+    finally:
+        runtime.stop()
+        collector.close()
+        broker.stop()
