@@ -21,6 +21,7 @@ def _setup_logging(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every run of every job
 
 
 def _config_or_exit(path: Path | None) -> AgentConfig:
@@ -215,6 +216,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_sync(args: argparse.Namespace) -> int:
+    from agent.bench_sync import run_sync_bench
+
+    report = run_sync_bench(args.host, args.port, args.detections, args.seconds)
+    print(json.dumps(report) if args.json else json.dumps(report, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-agent", description="Camera analytics agent for edge devices.")
     p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
@@ -266,6 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             t.add_argument("--kind", choices=["detections"], default="detections")
         t.set_defaults(func=func)
+
+    s = sub.add_parser("bench-sync", help="outbox drain rate and capture→PUBACK latency against a broker")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=1883)
+    s.add_argument("--detections", type=int, default=100_000)
+    s.add_argument("--seconds", type=float, default=30.0, help="length of the live demo run")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_bench_sync)
 
     s = sub.add_parser("mqtt-check", help="connect to the configured broker once and report")
     s.add_argument("--config", type=Path, required=True)

@@ -34,11 +34,13 @@ def detection_payload(row: dict) -> str:
 
 
 def enqueue_detections(db: sqlite_utils.Database, rows: Iterable[dict]) -> None:
-    """Queue detections for sync; call inside the transaction that stores them."""
-    now = int(time.time() * 1000)
+    """Queue detections for sync; call inside the transaction that stores them.
+
+    `created_ms` is the frame's capture time, so ages and capture→PUBACK latency
+    are measured from the camera, not from the commit."""
     db.conn.executemany(
         "INSERT INTO outbox(kind, camera, payload, bytes, created_ms) VALUES (?, ?, ?, ?, ?)",
-        [(DETECTION, r["camera"], p, len(p), now) for r in rows for p in [detection_payload(r)]],
+        [(DETECTION, r["camera"], p, len(p), r["ts_ms"]) for r in rows for p in [detection_payload(r)]],
     )
 
 

@@ -38,7 +38,7 @@ FETCH = 2000  # outbox rows read per pass
 class _InFlight:
     seqs: list[int]
     sent_mono: float
-    oldest_created_ms: int
+    created_ms: list[int]  # capture time of each detection (creation time of other rows)
 
 
 class Syncer:
@@ -60,6 +60,7 @@ class Syncer:
         self.retries = 0
         self.last_publish_error: str | None = None
         self.puback_latency_ms: collections.deque[float] = collections.deque(maxlen=4096)
+        self.capture_to_puback_ms: collections.deque[int] = collections.deque(maxlen=16384)
         link.on_publish = self._on_publish
         link.on_connected = self._wake.set
 
@@ -102,6 +103,7 @@ class Syncer:
     def _settle_acks(self) -> None:
         done: list[int] = []
         now = time.monotonic()
+        now_ms = int(time.time() * 1000)
         while self._acks:
             mid, reason = self._acks.popleft()
             flight = self._inflight.pop(mid, None)
@@ -114,6 +116,7 @@ class Syncer:
                 done.extend(flight.seqs)
                 self.messages_acked += 1
                 self.puback_latency_ms.append((now - flight.sent_mono) * 1000)
+                self.capture_to_puback_ms.extend(now_ms - c for c in flight.created_ms)
             elif reason in PERMANENT_FAILURES:
                 self.dead_letters += len(flight.seqs)
                 self.last_publish_error = f"broker refused a message: {PERMANENT_FAILURES[reason]}"
@@ -149,13 +152,13 @@ class Syncer:
         for topic, group in self._messages(rows):
             if room <= 0:
                 return 0.0
-            oldest = min(r.created_ms for r in group)
+            oldest = min(r.created_ms for r in group)  # capture time of the oldest detection
             full = self._is_full(group)
             age_left = self.config.batch.max_age_ms - (now_ms - oldest)
             if group[0].kind == DETECTION and not (full or more_waiting or age_left <= 0):
                 wait = min(wait, age_left / 1000)
                 continue  # let it gather companions for a few more milliseconds
-            if not self._publish(topic, group, oldest):
+            if not self._publish(topic, group):
                 return 0.2
             room -= 1
         return min(wait, 0.0 if more_waiting else wait)
@@ -187,7 +190,7 @@ class Syncer:
             group.append(row)
         return out
 
-    def _publish(self, topic: str, group: list[OutboxRow], oldest_ms: int) -> bool:
+    def _publish(self, topic: str, group: list[OutboxRow]) -> bool:
         self.seq += 1
         if group[0].kind == DETECTION:
             payload = (
@@ -204,19 +207,24 @@ class Syncer:
         if mid is None:
             self.last_publish_error = "paho refused the message (not connected or queue full)"
             return False
-        self._inflight[mid] = _InFlight([r.seq for r in group], time.monotonic(), oldest_ms)
+        self._inflight[mid] = _InFlight([r.seq for r in group], time.monotonic(), [r.created_ms for r in group])
         self._busy.update(r.seq for r in group)
         self._cursor = max(self._cursor, max(r.seq for r in group))
         return True
 
     def stats(self) -> dict:
-        latencies = sorted(self.puback_latency_ms)
-        p = (lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1)) if latencies \
-            else (lambda q: None)
         return {
             "connected": self.link.connected.is_set(), "session": self.link.session,
             "in_flight": len(self._inflight), "messages_acked": self.messages_acked,
             "rows_acked": self.rows_acked, "dead_letters": self.dead_letters, "retries": self.retries,
-            "publish_to_puback_ms": {"p50": p(0.5), "p95": p(0.95)},
+            "publish_to_puback_ms": _percentiles(self.puback_latency_ms),
+            "capture_to_puback_ms": _percentiles(self.capture_to_puback_ms),
             "last_error": self.last_publish_error or self.link.last_error,
         }
+
+
+def _percentiles(values: collections.deque) -> dict[str, float | None]:
+    data = sorted(values)
+    if not data:
+        return {"p50": None, "p95": None}
+    return {q: round(float(data[min(len(data) - 1, int(f * len(data)))]), 1) for q, f in (("p50", 0.5), ("p95", 0.95))}
