@@ -149,19 +149,22 @@ class Syncer:
         more_waiting = len(fetched) >= FETCH
         now_ms = int(time.time() * 1000)
         wait = 0.5
+        left_behind: list[int] = []  # seqs not handed over this pass: the cursor must not pass them
         for topic, group in self._messages(rows):
-            if room <= 0:
-                return 0.0
             oldest = min(r.created_ms for r in group)  # capture time of the oldest detection
-            full = self._is_full(group)
             age_left = self.config.batch.max_age_ms - (now_ms - oldest)
-            if group[0].kind == DETECTION and not (full or more_waiting or age_left <= 0):
-                wait = min(wait, age_left / 1000)
-                continue  # let it gather companions for a few more milliseconds
-            if not self._publish(topic, group):
-                return 0.2
+            ready = group[0].kind != DETECTION or self._is_full(group) or more_waiting or age_left <= 0
+            if room <= 0 or not ready or not self._publish(topic, group):
+                left_behind.append(group[0].seq)
+                if not ready:
+                    wait = min(wait, age_left / 1000)  # let it gather companions a little longer
+                elif room > 0:
+                    wait = 0.2  # paho refused it just now
+                continue
             room -= 1
-        return min(wait, 0.0 if more_waiting else wait)
+        if left_behind:
+            self._cursor = min(self._cursor, min(left_behind) - 1)
+        return 0.0 if (more_waiting and room > 0) else max(0.0, wait)
 
     def _is_full(self, group: list[OutboxRow]) -> bool:
         return len(group) >= self.config.batch.max_count or \

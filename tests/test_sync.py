@@ -75,7 +75,8 @@ def test_broker_down_at_start_and_restarted_loses_nothing(tmp_path: Path, long_c
         broker.start()
         camera = runtime.cameras["yard"]
         wait_for(lambda: camera.state.value == "finished", timeout=60, what="clip finished")
-        wait_for(lambda: outbox_pending(data) == 0, timeout=60, what="outbox drained")
+        wait_for(lambda: outbox_pending(data) == 0, timeout=60,
+                 what=lambda: f"outbox drained ({outbox_pending(data)} left; {runtime.syncer.stats()})")
         ids = committed_ids(data)
         wait_for(lambda: collector.unique() >= ids, timeout=30,
                  what=lambda: f"collector to have every id ({len(ids - collector.unique())} missing)")
