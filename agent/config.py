@@ -90,6 +90,7 @@ class StorageConfig(_Strict):
         1_000_000, ge=100, le=100_000_000,
         description="messages waiting for the broker; beyond it health is trimmed before detections, counted",
     )
+    outbox_max_mb: float = Field(512.0, gt=0, description="payload bytes waiting for the broker, same policy")
 
 
 class TlsConfig(_Strict):

@@ -207,10 +207,15 @@ def check_connection(config: MqttConfig, client_id: str, timeout: float = 10.0) 
     except (OSError, ssl.SSLError, ValueError) as exc:
         return False, f"{target}: {describe_connect_error(exc)}"
     deadline = time.monotonic() + timeout
+    closed = False
     while not answer and time.monotonic() < deadline:
         if client.loop(timeout=0.1) not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
+            closed = True
             break
     client.disconnect()
+    if not answer and closed:
+        return False, (f"{target}: the broker closed the connection before answering "
+                       "(does it require a client certificate, TLS, or other credentials?)")
     if not answer:
         return False, f"{target}: no answer to CONNECT within {timeout:g}s (not an MQTT broker, or TLS expected?)"
     if answer[0] != "Success":

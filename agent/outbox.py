@@ -44,22 +44,29 @@ def enqueue_detections(db: sqlite_utils.Database, rows: Iterable[dict]) -> None:
     )
 
 
-def trim_outbox(db: sqlite_utils.Database, max_rows: int) -> int:
-    """Keep at most `max_rows`: health readings go first, then detections, oldest first; counted."""
-    total = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
-    excess = total - max_rows
-    if excess <= 0:
+def trim_outbox(db: sqlite_utils.Database, max_rows: int, max_bytes: int | None = None) -> int:
+    """Keep at most `max_rows` rows and `max_bytes` of payload: health readings go first,
+    then detections, oldest first; what goes is counted (`outbox_trimmed`)."""
+    rows, size = db.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM outbox").fetchone()
+    excess_rows = max(0, rows - max_rows)
+    excess_bytes = max(0, size - max_bytes) if max_bytes is not None else 0
+    if not (excess_rows or excess_bytes):
         return 0
+    victims: list[int] = []
+    freed = 0
+    order = db.execute("SELECT seq, bytes FROM outbox ORDER BY kind = ?, seq", (DETECTION,))
+    for seq, nbytes in order:
+        if len(victims) >= excess_rows and freed >= excess_bytes:
+            break
+        victims.append(seq)
+        freed += nbytes
     with transaction(db):
-        db.execute(
-            "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox "
-            "ORDER BY kind = ?, seq LIMIT ?)", (DETECTION, excess),
-        )
+        db.conn.executemany("DELETE FROM outbox WHERE seq = ?", [(v,) for v in victims])
         db.execute("INSERT INTO counters(name, value) VALUES ('outbox_trimmed', ?) "
-                   "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (excess,))
-    log.warning("outbox over %d rows: trimmed %d (health readings first, then the oldest detections)",
-                max_rows, excess)
-    return excess
+                   "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (len(victims),))
+    log.warning("outbox over its cap: trimmed %d messages (health readings first, then the oldest detections)",
+                len(victims))
+    return len(victims)
 
 
 def next_session(db_path: Path) -> int:

@@ -252,7 +252,7 @@ class Store:
         try:
             trim_by_age(db, self.config.max_age_hours, stop=self._stopping)
             trim_by_size(db, self.config.max_size_mb, stop=self._stopping)
-            trim_outbox(db, self.config.outbox_max_rows)
+            trim_outbox(db, self.config.outbox_max_rows, int(self.config.outbox_max_mb * 1024 * 1024))
         except sqlite3.Error as exc:
             self.last_error = f"retention failed: {exc}"
             log.error("store: %s", self.last_error)

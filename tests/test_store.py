@@ -230,3 +230,6 @@ def test_outbox_cap_trims_health_before_detections_and_counts(tmp_path: Path) ->
     assert kinds == ["detection"] * 6  # all 4 health readings went, then the 2 oldest detections
     assert db.execute("SELECT min(seq) FROM outbox").fetchone()[0] == 3
     assert store_mod.stats(tmp_path)["outbox_trimmed"] == 6
+    size = db.execute("SELECT sum(bytes) FROM outbox").fetchone()[0]
+    assert trim_outbox(db, 100, max_bytes=size - 1) == 1  # bytes cap: one more (the oldest) goes
+    assert db.execute("SELECT min(seq) FROM outbox").fetchone()[0] == 4

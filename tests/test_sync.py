@@ -213,3 +213,31 @@ def test_batches_respect_the_brokers_maximum_packet_size(tmp_path: Path, long_cl
         runtime.stop()
         collector.close()
         broker.stop()
+
+
+def test_mutual_tls_connects_and_wrong_trust_or_missing_client_cert_fail_clearly(tmp_path: Path) -> None:
+    from tests.certs import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    broker = Mosquitto(tmp_path / "broker", extra_conf=(
+        f"cafile {pki['ca.pem']}\ncertfile {pki['server.pem']}\nkeyfile {pki['server.key']}\n"
+        "require_certificate true\nuse_identity_as_username true\ntls_version tlsv1.2\n"
+    )).start()
+    config = tmp_path / "c.yaml"
+
+    def check(tls: dict) -> subprocess.CompletedProcess[str]:
+        config.write_text(json.dumps({"storage": {"path": str(tmp_path / "d")},
+                                      "mqtt": {"host": "127.0.0.1", "port": broker.port, "tls": tls}}))
+        return run_cli("mqtt-check", "--config", str(config), "--timeout", "5")
+
+    try:
+        good = check({"ca_file": str(pki["ca.pem"]), "cert_file": str(pki["device.pem"]),
+                      "key_file": str(pki["device.key"])})
+        assert good.returncode == 0 and "connected (MQTT v5, TLS)" in good.stdout, good.stderr
+        untrusted = check({"ca_file": str(pki["other-ca.pem"]), "cert_file": str(pki["device.pem"]),
+                           "key_file": str(pki["device.key"])})
+        assert untrusted.returncode == 1 and "TLS certificate not accepted" in untrusted.stderr
+        no_client_cert = check({"ca_file": str(pki["ca.pem"])})
+        assert no_client_cert.returncode == 1 and "closed the connection" in no_client_cert.stderr
+    finally:
+        broker.stop()
