@@ -32,3 +32,12 @@ def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
             db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+def bump_counter(db: sqlite_utils.Database, name: str, by: int = 1) -> int:
+    """Add `by` to a named counter in the `counters` table; returns its new value."""
+    db.execute(
+        "INSERT INTO counters(name, value) VALUES (?, ?) "
+        "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (name, by),
+    )
+    return int(db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from agent.db import connect, transaction
+from agent.db import bump_counter, connect, transaction
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,7 @@ def trim_outbox(db: sqlite_utils.Database, max_rows: int, max_bytes: int | None 
         freed += nbytes
     with transaction(db):
         db.conn.executemany("DELETE FROM outbox WHERE seq = ?", [(v,) for v in victims])
-        db.execute("INSERT INTO counters(name, value) VALUES ('outbox_trimmed', ?) "
-                   "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (len(victims),))
+        bump_counter(db, "outbox_trimmed", len(victims))
     log.warning("outbox over its cap: trimmed %d messages (health readings first, then the oldest detections)",
                 len(victims))
     return len(victims)
@@ -74,9 +73,7 @@ def next_session(db_path: Path) -> int:
     db = connect(db_path)
     try:
         with transaction(db):
-            db.execute("INSERT INTO counters(name, value) VALUES ('mqtt_session', 1) "
-                       "ON CONFLICT(name) DO UPDATE SET value = value + 1")
-            return int(db.execute("SELECT value FROM counters WHERE name = 'mqtt_session'").fetchone()[0])
+            return bump_counter(db, "mqtt_session")
     finally:
         db.conn.close()
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import sqlite_utils
 
 from agent.config import StorageConfig
-from agent.db import connect, transaction
+from agent.db import bump_counter, connect, transaction
 from agent.ids import uuid7
 from agent.outbox import Outbox, enqueue_detections, enqueue_readings, trim_outbox
 from engines import Detection
@@ -28,8 +28,8 @@ from engines import Detection
 log = logging.getLogger(__name__)
 
 DB_NAME = "edge-agent.db"
-MAX_ROWS_PER_COMMIT = 5000
 # A writer batch carries at most this many rows; more waiting in the queue go in the next commit.
+MAX_ROWS_PER_COMMIT = 5000
 
 
 def _migrate_v1(db: sqlite_utils.Database) -> None:
@@ -258,13 +258,6 @@ class Store:
             log.error("store: %s", self.last_error)
 
 
-def _bump(db: sqlite_utils.Database, name: str, by: int) -> None:
-    db.execute(
-        "INSERT INTO counters(name, value) VALUES (?, ?) "
-        "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (name, by),
-    )
-
-
 def _delete_oldest(db: sqlite_utils.Database, where: str, params: tuple, counter: str, chunk: int) -> int:
     """Delete up to `chunk` oldest matching rows and count them, in one transaction."""
     with transaction(db):
@@ -273,7 +266,7 @@ def _delete_oldest(db: sqlite_utils.Database, where: str, params: tuple, counter
             (*params, chunk),
         ).rowcount
         if n:
-            _bump(db, counter, n)
+            bump_counter(db, counter, n)
     return n
 
 
@@ -330,50 +323,48 @@ def open_readonly(data_dir: Path) -> sqlite_utils.Database:
     return sqlite_utils.Database(conn)
 
 
+def _store_figures(db: sqlite_utils.Database, data_dir: Path) -> dict:
+    """Size on disk, outbox depth and what retention trimmed: shared by stats and telemetry."""
+    counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+    path = data_dir / DB_NAME
+    return {
+        "size_bytes": sum(f.stat().st_size for f in (path, path.with_name(path.name + "-wal")) if f.exists()),
+        "trimmed_by_age": counters.get("trimmed_by_age", 0),
+        "trimmed_by_size": counters.get("trimmed_by_size", 0),
+        **Outbox(db).counts(),
+        "outbox_trimmed": counters.get("outbox_trimmed", 0),
+        "mqtt_sessions": counters.get("mqtt_session", 0),
+    }
+
+
 def stats(data_dir: Path) -> dict:
     db = open_readonly(data_dir)
     try:
         count, oldest, newest = db.execute("SELECT count(*), min(ts_ms), max(ts_ms) FROM detections").fetchone()
         per_camera = dict(db.execute("SELECT camera, count(*) FROM detections GROUP BY camera").fetchall())
-        counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
-        path = data_dir / DB_NAME
-        files = [path, path.with_name(path.name + "-wal")]
         return {
-            "path": str(path),
+            "path": str(data_dir / DB_NAME),
             "schema_version": db.execute("PRAGMA user_version").fetchone()[0],
             "detections": count,
             "per_camera": per_camera,
             "oldest_ms": oldest,
             "newest_ms": newest,
-            "size_bytes": sum(f.stat().st_size for f in files if f.exists()),
-            "trimmed_by_age": counters.get("trimmed_by_age", 0),
-            "trimmed_by_size": counters.get("trimmed_by_size", 0),
-            **Outbox(db).counts(),
-            "outbox_trimmed": counters.get("outbox_trimmed", 0),
-            "mqtt_sessions": counters.get("mqtt_session", 0),
+            **_store_figures(db, data_dir),
         }
     finally:
         db.conn.close()
 
 
 def health_figures(data_dir: Path) -> dict:
-    """Cheap figures for telemetry: file size, outbox depth and age, trimmed counts."""
+    """Cheap figures for telemetry (no scan of the detections table)."""
     db = open_readonly(data_dir)
     try:
-        counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
-        outbox = Outbox(db).counts()
-        oldest = outbox.pop("outbox_oldest_ms")
-        path = data_dir / DB_NAME
-        return {
-            "size_bytes": sum(f.stat().st_size for f in (path, path.with_name(path.name + "-wal")) if f.exists()),
-            **outbox,
-            "outbox_oldest_age_s": None if oldest is None else round(time.time() - oldest / 1000, 1),
-            "outbox_trimmed": counters.get("outbox_trimmed", 0),
-            "trimmed_by_age": counters.get("trimmed_by_age", 0),
-            "trimmed_by_size": counters.get("trimmed_by_size", 0),
-        }
+        figures = _store_figures(db, data_dir)
     finally:
         db.conn.close()
+    oldest = figures.pop("outbox_oldest_ms")
+    figures["outbox_oldest_age_s"] = None if oldest is None else round(time.time() - oldest / 1000, 1)
+    return figures
 
 
 def export_detections(data_dir: Path) -> Iterator[dict]:
