@@ -24,6 +24,14 @@ class LatencyWindow:
             self._values[self._count % len(self._values)] = ms
             self._count += 1
 
+    def extend(self, values: list[float]) -> None:
+        """Add many samples under one lock (a hot path adds hundreds per call)."""
+        tail = np.asarray(values[-len(self._values):], np.float64)
+        with self._lock:
+            idx = (self._count + np.arange(len(tail))) % len(self._values)
+            self._values[idx] = tail
+            self._count += len(tail)
+
     def percentiles(self, *qs: float) -> list[float | None]:
         with self._lock:
             n = min(self._count, len(self._values))

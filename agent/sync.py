@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from agent.config import MqttConfig
 from agent.db import connect
+from agent.metrics import LatencyWindow
 from agent.mqtt_link import MqttLink
 from agent.outbox import DETECTION, Outbox, OutboxRow
 
@@ -59,8 +60,8 @@ class Syncer:
         self.dead_letters = 0
         self.retries = 0
         self.last_publish_error: str | None = None
-        self.puback_latency_ms: collections.deque[float] = collections.deque(maxlen=4096)
-        self.capture_to_puback_ms: collections.deque[int] = collections.deque(maxlen=16384)
+        self.puback_latency_ms = LatencyWindow(4096)
+        self.capture_to_puback_ms = LatencyWindow(16384)
         link.on_publish = self._on_publish
         link.on_connected = self._wake.set
 
@@ -110,13 +111,11 @@ class Syncer:
             if flight is None:
                 continue  # an ack for a message we already gave up on: it will be sent again anyway
             self._busy.difference_update(flight.seqs)
-            if reason >= 0x80 and reason not in PERMANENT_FAILURES:
-                self._cursor = 0  # released: rescan from the oldest row
             if reason < 0x80:
                 done.extend(flight.seqs)
                 self.messages_acked += 1
-                self.puback_latency_ms.append((now - flight.sent_mono) * 1000)
-                self.capture_to_puback_ms.extend(now_ms - c for c in flight.created_ms)
+                self.puback_latency_ms.add((now - flight.sent_mono) * 1000)
+                self.capture_to_puback_ms.extend([now_ms - c for c in flight.created_ms])
             elif reason in PERMANENT_FAILURES:
                 self.dead_letters += len(flight.seqs)
                 self.last_publish_error = f"broker refused a message: {PERMANENT_FAILURES[reason]}"
@@ -124,6 +123,7 @@ class Syncer:
                 log.error("sync: %s; %d rows kept as dead letters", self.last_publish_error, len(flight.seqs))
             else:
                 self.retries += 1
+                self._cursor = 0  # released: rescan from the oldest row
                 self.last_publish_error = f"broker answered reason code 0x{reason:02x}; will retry"
         if done:
             self.outbox.acknowledge(done)
@@ -179,33 +179,29 @@ class Syncer:
     def _messages(self, rows: list[OutboxRow]) -> list[tuple[str, list[OutboxRow]]]:
         """Group rows into messages: detections per camera (capped), anything else alone."""
         out: list[tuple[str, list[OutboxRow]]] = []
-        open_groups: dict[str, list[OutboxRow]] = {}
+        open_groups: dict[str, tuple[list[OutboxRow], list[int]]] = {}  # camera -> (rows, [payload bytes])
         cap = self._byte_cap()
         for row in rows:
             if row.kind != DETECTION:
                 out.append((f"{self.link.base}/{row.kind}", [row]))
                 continue
-            group = open_groups.get(row.camera or "")
-            if group is None or len(group) >= self.config.batch.max_count or \
-                    sum(r.bytes + 1 for r in group) + row.bytes > cap:
-                group = open_groups[row.camera or ""] = []
+            group, size = open_groups.get(row.camera or "", (None, [0]))
+            if group is None or len(group) >= self.config.batch.max_count or size[0] + row.bytes > cap:
+                group, size = open_groups[row.camera or ""] = ([], [0])
                 out.append((f"{self.link.base}/detections/{row.camera}", group))
             group.append(row)
+            size[0] += row.bytes + 1  # the comma joining payloads
         return out
 
     def _publish(self, topic: str, group: list[OutboxRow]) -> bool:
         self.seq += 1
-        if group[0].kind == DETECTION:
-            payload = (
-                f'{{"v":1,"device":{json.dumps(self.link.device_id)},"boot_id":"{self.link.boot_id}",'
-                f'"seq":{self.seq},"camera":{json.dumps(group[0].camera)},"detections":['
-                + ",".join(r.payload for r in group) + "]}"
-            )
+        envelope = (f'{{"v":1,"device":{json.dumps(self.link.device_id)},"boot_id":"{self.link.boot_id}",'
+                    f'"seq":{self.seq},')
+        if group[0].kind == DETECTION:  # the stored payloads are JSON already: join, do not re-encode
+            body = f'"camera":{json.dumps(group[0].camera)},"detections":[' + ",".join(r.payload for r in group) + "]"
         else:
-            payload = (
-                f'{{"v":1,"device":{json.dumps(self.link.device_id)},"boot_id":"{self.link.boot_id}",'
-                f'"seq":{self.seq},"{group[0].kind}":{group[0].payload}}}'
-            )
+            body = f'"{group[0].kind}":{group[0].payload}'
+        payload = envelope + body + "}"
         mid = self.link.publish(topic, payload)
         if mid is None:
             self.last_publish_error = "paho refused the message (not connected or queue full)"
@@ -220,14 +216,11 @@ class Syncer:
             "connected": self.link.connected.is_set(), "session": self.link.session,
             "in_flight": len(self._inflight), "messages_acked": self.messages_acked,
             "rows_acked": self.rows_acked, "dead_letters": self.dead_letters, "retries": self.retries,
-            "publish_to_puback_ms": _percentiles(self.puback_latency_ms),
-            "capture_to_puback_ms": _percentiles(self.capture_to_puback_ms),
+            "publish_to_puback_ms": _p50_p95(self.puback_latency_ms),
+            "capture_to_puback_ms": _p50_p95(self.capture_to_puback_ms),
             "last_error": self.last_publish_error or self.link.last_error,
         }
 
 
-def _percentiles(values: collections.deque) -> dict[str, float | None]:
-    data = sorted(values)
-    if not data:
-        return {"p50": None, "p95": None}
-    return {q: round(float(data[min(len(data) - 1, int(f * len(data)))]), 1) for q, f in (("p50", 0.5), ("p95", 0.95))}
+def _p50_p95(window: LatencyWindow) -> dict[str, float | None]:
+    return {q: None if v is None else round(v, 1) for q, v in zip(("p50", "p95"), window.percentiles(50, 95))}
