@@ -18,7 +18,7 @@ import yaml
 from engines.backend import InferenceBackend
 from engines.config import DetectorConfig, resolve_model_path
 from engines.errors import ModelLayoutError, ModelLoadError
-from engines.labels import resolve_labels
+from engines.labels import pad_labels, resolve_labels
 from engines.layouts import Layout, decode, detect_layout
 from engines.letterbox import Letterbox, LetterboxWriter
 from engines.nms import nms
@@ -78,15 +78,15 @@ class Detector:
         self.max_batch = self.fixed_batch or config.max_batch
         meta = backend.metadata
         try:
-            names_hint = resolve_labels(meta, config.labels, None) if (config.labels or "names" in meta) else None
+            names = resolve_labels(meta, config.labels)
         except (OSError, ValueError, yaml.YAMLError) as exc:
             raise ModelLoadError(f"{path}: cannot read labels {config.labels}: {exc}") from exc
         override = None if config.layout == "auto" else Layout(config.layout)
         end2end = str(meta.get("end2end", "")).lower() == "true"
         self.layout, num_classes = detect_layout(
-            path, self._output_shape(), len(names_hint) if names_hint else None, end2end, override
+            path, self._output_shape(), len(names) or None, end2end, override
         )
-        self.labels = resolve_labels(meta, config.labels, num_classes)
+        self.labels = pad_labels(names, num_classes)
         self._writer = LetterboxWriter(self.max_batch, self.input_h, self.input_w)
         self.info = EngineInfo(
             backend=backend.name, model_path=path, model_sha256=file_sha256(model_path),

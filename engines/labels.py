@@ -48,15 +48,17 @@ def read_labels_file(path: Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
-def resolve_labels(metadata: dict[str, str], labels_file: Path | None, num_classes: int | None) -> list[str]:
-    """Labels file first (the user's explicit choice), then metadata, then class_N."""
-    names: list[str] | None = None
+def resolve_labels(metadata: dict[str, str], labels_file: Path | None) -> list[str]:
+    """Labels file first (the user's explicit choice), then metadata; [] if neither names them."""
     if labels_file is not None:
-        names = read_labels_file(labels_file)
-    elif "names" in metadata:
-        names = parse_names(metadata["names"])
-    if names is None:
-        names = []
+        return read_labels_file(labels_file)
+    if "names" in metadata:
+        return parse_names(metadata["names"]) or []
+    return []
+
+
+def pad_labels(names: list[str], num_classes: int | None) -> list[str]:
+    """`class_N` for every class the names do not cover."""
     if num_classes is not None and len(names) < num_classes:
-        names = names + [f"class_{i}" for i in range(len(names), num_classes)]
+        return names + [f"class_{i}" for i in range(len(names), num_classes)]
     return names
