@@ -56,10 +56,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    from agent.mqtt_link import ClientSetupError
+
     try:
         runtime = Runtime(config)
         runtime.start()
-    except OSError as exc:  # e.g. the data dir cannot be created or written
+    except (OSError, ClientSetupError) as exc:  # data dir not writable; MQTT credentials or TLS files unreadable
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1
     printer = None if args.quiet else StatusPrinter(runtime.status, config.console.interval_s)

@@ -39,6 +39,27 @@ def build_tls_context(config: MqttConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+class ClientSetupError(Exception):
+    """The client cannot be set up: unreadable password file, CA, certificate or key."""
+
+
+def new_client(config: MqttConfig, client_id: str) -> mqtt.Client:
+    """A paho v2 / MQTT v5 client with the configured credentials and TLS."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    if config.username is not None:
+        try:
+            client.username_pw_set(config.username, config.read_password())
+        except OSError as exc:
+            raise ClientSetupError(f"cannot read password_file: {exc.strerror or exc}") from exc
+    try:
+        tls = build_tls_context(config)
+    except (OSError, ssl.SSLError) as exc:
+        raise ClientSetupError(f"TLS set-up failed (CA, certificate or key file): {exc}") from exc
+    if tls is not None:
+        client.tls_set_context(tls)
+    return client
+
+
 class MqttLink:
     """Connects, announces itself (birth), and reports acks to whoever sends."""
 
@@ -69,13 +90,8 @@ class MqttLink:
                            "version": __version__, "device": self.device_id, "ts_ms": int(time.time() * 1000)})
 
     def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.device_id, protocol=mqtt.MQTTv5)
+        client = new_client(self.config, self.device_id)
         client.suppress_exceptions = True  # our callbacks also catch everything; belt and braces
-        if self.config.username is not None:
-            client.username_pw_set(self.config.username, self.config.read_password())
-        tls = build_tls_context(self.config)
-        if tls is not None:
-            client.tls_set_context(tls)
         client.max_queued_messages_set(self.config.window * 2)
         client.max_inflight_messages_set(self.config.window)
         client.will_set(self.status_topic, self._status(False), qos=1, retain=True)
@@ -187,18 +203,11 @@ def random_boot_id() -> str:
 
 def check_connection(config: MqttConfig, client_id: str, timeout: float = 10.0) -> tuple[bool, str]:
     """Connect once and say exactly what happened (for `edge-agent mqtt-check`)."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{client_id}-check", protocol=mqtt.MQTTv5)
-    if config.username is not None:
-        try:
-            client.username_pw_set(config.username, config.read_password())
-        except OSError as exc:
-            return False, f"cannot read password_file: {exc.strerror or exc}"
     try:
-        tls = build_tls_context(config)
-    except (OSError, ssl.SSLError) as exc:
-        return False, f"TLS set-up failed (CA, certificate or key file): {exc}"
-    if tls is not None:
-        client.tls_set_context(tls)
+        client = new_client(config, f"{client_id}-check")
+    except ClientSetupError as exc:
+        return False, str(exc)
+    tls = config.tls is not None
     answer: list[str] = []
     client.on_connect = lambda _c, _u, _f, reason, _p: answer.append(str(reason))
     target = f"{config.host}:{config.port}"
