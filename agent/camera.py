@@ -139,6 +139,7 @@ class Camera:
         self.read_ms = LatencyWindow()  # time in cap.read(): demux + decode
         self.frames_invalid = 0
         self._last_frame: float | None = None
+        self.latest: Frame | None = None  # newest frame handed to inference, for snapshots
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> None:
@@ -240,6 +241,7 @@ class Camera:
                 continue
             frame = Frame(self.name, self._next_number, image, int(time.time() * 1000), now)
             self._next_number += 1
+            self.latest = frame  # a reference, no copy: every read allocates a new image
             if not self.slot.put(frame):
                 return _End.STOPPED
             self.frames_captured += 1

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agent.sources import Source, parse_source
 from engines.config import DetectorConfig
 
+TOP_LEVEL = "(top level)"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # safe in MQTT topics and file names
 
 
@@ -127,6 +128,10 @@ class MqttConfig(_Strict):
     reconnect: ReconnectConfig = Field(default_factory=lambda: ReconnectConfig(initial_s=1.0, max_s=60.0))
     batch: BatchConfig = Field(default_factory=BatchConfig)
     window: int = Field(64, ge=1, le=1000, description="messages in flight awaiting PUBACK")
+    session_expiry_s: int = Field(
+        3600, ge=0, le=7 * 86400,
+        description="how long the broker keeps commands for this device while it is offline",
+    )
 
     @model_validator(mode="after")
     def _one_password(self) -> MqttConfig:
@@ -169,39 +174,43 @@ class AgentConfig(_Strict):
 
 
 class ConfigError(Exception):
-    """Every problem with a config file, each with its key path."""
+    """Every problem with a config, each with its key path."""
 
-    def __init__(self, source: str, problems: list[str]) -> None:
+    def __init__(self, source: str, errors: list[tuple[str, str]]) -> None:
         self.source = source
-        self.problems = problems
-        super().__init__(f"{source}: " + "; ".join(problems))
+        self.errors = errors  # (key path, message)
+        super().__init__(f"{source}: " + "; ".join(self.problems))
+
+    @property
+    def problems(self) -> list[str]:
+        return [f"{path}: {message}" for path, message in self.errors]
 
 
-def _key_path(loc: tuple) -> str:
+def key_path(loc: tuple) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
             out += ("." if out else "") + str(part)
-    return out or "(top level)"
+    return out or TOP_LEVEL
 
 
 def validate_config(data: object, source: str = "config") -> AgentConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(source, ["(top level): expected a mapping of settings"])
+        raise ConfigError(source, [(TOP_LEVEL, "expected a mapping of settings")])
     try:
         return AgentConfig.model_validate(data)
     except ValidationError as exc:
-        problems = []
+        errors = []
         for err in exc.errors():
             # Drop pydantic's union branch names (e.g. 'str', 'int') from the path.
             loc = tuple(p for p in err["loc"] if p not in ("str", "int", "function-after[_ordered(), ReconnectConfig]"))
             msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{_key_path(loc)}: {msg}")
-        raise ConfigError(source, problems) from None
+            errors.append((key_path(loc), msg))
+        raise ConfigError(source, errors) from None
 
 
 def load_config(path: Path | None) -> AgentConfig:
@@ -211,11 +220,12 @@ def load_config(path: Path | None) -> AgentConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror or exc}"]) from None
+        raise ConfigError(str(path), [(TOP_LEVEL, f"cannot read the file: {exc.strerror or exc}")]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(str(path), [f"{where}not valid YAML ({getattr(exc, 'problem', None) or exc})"]) from None
+        raise ConfigError(str(path), [(TOP_LEVEL, f"{where}not valid YAML ({getattr(exc, 'problem', None) or exc})")]) \
+            from None
     return validate_config(data, str(path))

@@ -2,7 +2,11 @@
 
 One thread owns the paho network loop and reconnects with exponential backoff
 and full jitter. paho's session lives in memory only; durability is the
-outbox's job (agent.sync). Callbacks never raise into paho's thread.
+outbox's job (agent.sync). The broker keeps the device's session (its command
+subscriptions and commands sent while it was away) for `session_expiry_s`.
+Incoming messages are acknowledged by their handler once handled (manual
+acks), so a command the agent did not finish is delivered again.
+Callbacks never raise into paho's thread.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent import __version__
@@ -26,6 +31,8 @@ from agent.backoff import Backoff
 from agent.config import MqttConfig
 
 log = logging.getLogger(__name__)
+
+MAX_INCOMING_PACKET = 1024 * 1024  # the broker drops anything larger meant for us
 
 
 def build_tls_context(config: MqttConfig) -> ssl.SSLContext | None:
@@ -77,7 +84,9 @@ class MqttLink:
         self.last_error: str | None = None
         self.connects = 0
         self.on_publish: Callable[[int, int], None] = lambda mid, rc: None
-        self.on_connected: Callable[[], None] = lambda: None
+        self.on_connected: list[Callable[[], None]] = []  # quick hooks, run in the network thread
+        self.on_message: Callable[[mqtt.MQTTMessage, int], None] | None = None  # (message, connection)
+        self.subscriptions: list[str] = []  # QoS 1, renewed on every connect
         self._stop = threading.Event()
         self._closing = threading.Event()  # clean stop under way: do not reconnect
         self._backoff = Backoff(config.reconnect.initial_s, config.reconnect.max_s, full_jitter=True)
@@ -98,6 +107,8 @@ class MqttLink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.manual_ack_set(True)
         return client
 
     # -- paho callbacks (network thread) -------------------------------------------
@@ -111,12 +122,15 @@ class MqttLink:
             self.session = self._next_session()
             self.max_packet_size = getattr(properties, "MaximumPacketSize", None) if properties else None
             client.publish(self.status_topic, self._status(True), qos=1, retain=True)  # birth before any data
+            if self.subscriptions:
+                client.subscribe([(topic, 1) for topic in self.subscriptions])
             self.connects += 1
             self.last_error = None
             self._backoff.reset()
             self.connected.set()
             log.info("mqtt: connected to %s:%d (session %d)", self.config.host, self.config.port, self.session)
-            self.on_connected()
+            for hook in self.on_connected:
+                hook()
         except Exception:
             log.exception("mqtt: on_connect failed")
 
@@ -134,6 +148,23 @@ class MqttLink:
         except Exception:
             log.exception("mqtt: on_publish handler failed")
 
+    def _on_message(self, client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            if self.on_message is None:
+                client.ack(message.mid, message.qos)
+            else:
+                self.on_message(message, self.connects)
+        except Exception:
+            log.exception("mqtt: message handler failed")
+
+    def ack(self, message: mqtt.MQTTMessage, connection: int) -> None:
+        """Acknowledge a handled message, if it came on the connection that is still open.
+
+        After a reconnect the broker sends unacknowledged messages again, under new ids.
+        """
+        if message.qos > 0 and connection == self.connects and self.connected.is_set():
+            self.client.ack(message.mid, message.qos)
+
     # -- connection loop ----------------------------------------------------------
     def start(self) -> None:
         self._thread.start()
@@ -143,9 +174,12 @@ class MqttLink:
             if not self._socket_open():
                 if self._closing.is_set():
                     return
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = self.config.session_expiry_s
+                props.MaximumPacketSize = MAX_INCOMING_PACKET
                 try:
                     self.client.connect(self.config.host, self.config.port, self.config.keepalive,
-                                        clean_start=True)
+                                        clean_start=False, properties=props)
                 except (OSError, ssl.SSLError, ValueError) as exc:
                     self.last_error = describe_connect_error(exc)
                     delay = self._backoff.next_delay()
@@ -160,9 +194,10 @@ class MqttLink:
     def _socket_open(self) -> bool:
         return self.client.socket() is not None
 
-    def publish(self, topic: str, payload: str | bytes, retain: bool = False) -> int | None:
+    def publish(self, topic: str, payload: str | bytes, retain: bool = False,
+                properties: Properties | None = None) -> int | None:
         """Hand a QoS 1 message to paho; its mid, or None if paho refused it now."""
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        info = self.client.publish(topic, payload, qos=1, retain=retain, properties=properties)
         return info.mid if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS else None
 
     def stop(self, timeout: float = 1.0) -> None:

@@ -1,8 +1,10 @@
 """The runtime owns every part and its threads, starts and stops them in order.
 
-Start: store → detector → inference worker → cameras. Stop: cameras →
-inference → store (which commits whatever is queued). A model that cannot be
-loaded is reported and the agent keeps capturing (DESIGN invariant 8).
+Start: store → config from the fleet → detector → inference worker → cameras.
+Stop: cameras → inference → store (which commits whatever is queued). A model
+that cannot be loaded, or MQTT credentials that cannot be read, are reported
+and the agent keeps capturing and buffering (DESIGN invariant 8). A config
+change is applied part by part (agent.config_diff): only what changed restarts.
 """
 
 from __future__ import annotations
@@ -16,13 +18,19 @@ from pathlib import Path
 
 from agent import __version__
 from agent.camera import Camera
-from agent.config import AgentConfig
+from agent.command_channel import CommandChannel
+from agent.commands import Commands
+from agent.config import AgentConfig, CameraConfig, ConfigError
+from agent.config_diff import ApplyError, diff_configs
+from agent.config_service import ConfigService
+from agent.db import connect
 from agent.frames import Frame, FrameSlot
 from agent.identity import resolve_device_id
 from agent.inference import InferenceWorker
 from agent.metrics import PipelineMetrics
-from agent.mqtt_link import MqttLink, random_boot_id
+from agent.mqtt_link import ClientSetupError, MqttLink, random_boot_id
 from agent.outbox import TELEMETRY, next_session
+from agent.remote_config import AppliedState, effective_config, load_state
 from agent.store import Store, StoreError, health_figures
 from agent.sync import Syncer
 from agent.telemetry import Telemetry
@@ -33,27 +41,43 @@ log = logging.getLogger(__name__)
 
 class Runtime:
     def __init__(self, config: AgentConfig, data_dir: Path | None = None) -> None:
-        self.config = config
+        self.file_config = config  # what the config file says; the fleet's overlay goes on top
+        self.config = config  # what runs
+        self.remote = AppliedState()
         self.data_dir = (data_dir or config.storage.path).expanduser()
         self.device_id = resolve_device_id(config.device.id, self.data_dir)
         self.metrics = PipelineMetrics()
         self.store = Store(self.data_dir, config.storage, on_commit=self._on_commit, outbox=config.mqtt is not None)
         self.link: MqttLink | None = None
         self.syncer: Syncer | None = None
+        self.mqtt_error: str | None = None
         if config.mqtt is not None:
-            self.link = MqttLink(config.mqtt, self.device_id, random_boot_id(),
-                                 lambda: next_session(self.store.path))
-            self.syncer = Syncer(self.link, self.store.path, config.mqtt)
+            try:
+                self.link = MqttLink(config.mqtt, self.device_id, random_boot_id(),
+                                     lambda: next_session(self.store.path))
+                self.syncer = Syncer(self.link, self.store.path, config.mqtt)
+            except ClientSetupError as exc:  # keep capturing and buffering; fixed by a restart
+                self.mqtt_error = str(exc)
+                log.error("mqtt disabled, buffering only: %s", exc)
         self.telemetry = Telemetry(
             config.telemetry.interval_s, self.data_dir, self.status, self._store_figures,
-            lambda payload: self.store.submit_reading(TELEMETRY, payload) if self.syncer else True,
+            lambda payload: self.store.submit_reading(TELEMETRY, payload) if config.mqtt else True,
         )
         self._wake = threading.Event()
+        self._parts = threading.RLock()  # cameras, detector and worker change under it
         self.cameras: dict[str, Camera] = {}
         self.detector: Detector | None = None
         self.worker: InferenceWorker | None = None
         self.model_error: str | None = None
+        self.remote_error: str | None = None  # the stored fleet config no longer validates
+        self.latest_detections: dict[str, tuple[int, list[Detection]]] = {}  # camera → (frame, detections)
         self.started_mono: float | None = None
+        self.config_service = ConfigService(self, self.store.path)
+        self.channel: CommandChannel | None = None
+        if self.link is not None:
+            link = self.link
+            self.channel = CommandChannel(link, Commands(self, self.config_service, lambda: link.max_packet_size),
+                                          self.config_service, self.store.path)
 
     # -- wiring -------------------------------------------------------------------
     def _store_figures(self) -> dict:
@@ -68,10 +92,65 @@ class Runtime:
             self.syncer.notify()
 
     def _sink(self, frame: Frame, detections: list[Detection]) -> None:
+        self.latest_detections[frame.camera] = (frame.number, detections)
         self.store.submit(frame.camera, frame.number, frame.wall_ms, detections)
 
     def _slots(self) -> list[FrameSlot]:
         return [cam.slot for cam in list(self.cameras.values())]
+
+    def _load_remote_state(self) -> None:
+        """The fleet's last applied overlay, on top of the file's config."""
+        try:
+            db = connect(self.store.path)
+            try:
+                self.remote = load_state(db)
+            finally:
+                db.conn.close()
+            if self.remote.version:
+                self.config = effective_config(self.file_config, self.remote.overlay)
+                log.info("config version %d from the fleet applied on top of the config file", self.remote.version)
+        except ConfigError as exc:  # e.g. the file changed under it; run the file's config and say so
+            self.remote_error = f"stored fleet config v{self.remote.version} no longer valid: {exc}"
+            log.error("%s", self.remote_error)
+        except sqlite3.Error as exc:
+            self.remote_error = f"cannot read the stored fleet config: {exc}"
+            log.error("%s", self.remote_error)
+
+    def _load_model(self, model_config) -> Detector:
+        detector = load_detector(model_config)
+        info = detector.info
+        log.info("model %s: %s layout, input %dx%d, batch ≤ %d, %d classes, %s",
+                 info.model_path, info.layout, info.input_width, info.input_height,
+                 info.max_batch, len(info.labels), ",".join(info.providers))
+        return detector
+
+    def _start_worker(self) -> None:
+        if self.detector is not None:
+            self.worker = InferenceWorker(self.detector, self._slots, self._sink, self.metrics, self._wake)
+            self.worker.start()
+
+    def _stop_worker(self, timeout: float = 3.0) -> bool:
+        worker, self.worker = self.worker, None
+        if worker is None:
+            return True
+        worker.stop()
+        return worker.join(timeout)
+
+    def _start_camera(self, cam_config: CameraConfig) -> None:
+        source = cam_config.parsed_source
+        slot = FrameSlot(blocking=source.is_file and not cam_config.realtime, wake=self._wake)
+        camera = Camera(cam_config, slot, self.data_dir)
+        self.cameras[cam_config.name] = camera
+        camera.start()
+
+    def _stop_camera(self, name: str, timeout: float = 2.0) -> None:
+        camera = self.cameras.pop(name, None)
+        if camera is None:
+            return
+        camera.stop()
+        if not camera.join(timeout):
+            log.warning("camera %s did not stop in time (a blocked read); leaving it", name)
+        self.latest_detections.pop(name, None)
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> None:
@@ -80,32 +159,78 @@ class Runtime:
             self.store.start()
         except StoreError as exc:
             log.error("store unavailable, detections will be dropped and counted: %s", exc)
+        if self.store.running:
+            self._load_remote_state()
+            self.store.config = self.config.storage
+            self.telemetry.interval_s = self.config.telemetry.interval_s
         if self.syncer is not None and self.link is not None and self.store.running:
             self.syncer.start()
+            if self.channel is not None:
+                self.channel.start()
             self.link.start()
-        try:
-            self.detector = load_detector(self.config.model)
-        except (ModelError, BackendUnavailable, OSError, ValueError) as exc:
-            self.model_error = str(exc)
-            log.error("model not loaded, capturing without detection: %s", exc)
-        if self.detector is not None:
-            info = self.detector.info
-            log.info("model %s: %s layout, input %dx%d, batch ≤ %d, %d classes, %s",
-                     info.model_path, info.layout, info.input_width, info.input_height,
-                     info.max_batch, len(info.labels), ",".join(info.providers))
-            self.worker = InferenceWorker(self.detector, self._slots, self._sink, self.metrics, self._wake)
-            self.worker.start()
-        for cam_config in self.config.cameras:
-            if not cam_config.enabled:
-                continue
-            source = cam_config.parsed_source
-            slot = FrameSlot(blocking=source.is_file and not cam_config.realtime, wake=self._wake)
-            camera = Camera(cam_config, slot, self.data_dir)
-            self.cameras[cam_config.name] = camera
-            camera.start()
+        with self._parts:
+            self._start_pipeline()
         self.telemetry.start()
         self.started_mono = time.monotonic()
         log.info("device %s: %d camera(s), data in %s", self.device_id, len(self.cameras), self.data_dir)
+
+    def _start_pipeline(self) -> None:
+        if self.detector is None:
+            try:
+                self.detector = self._load_model(self.config.model)
+                self.model_error = None
+            except (ModelError, BackendUnavailable, OSError, ValueError) as exc:
+                self.model_error = str(exc)
+                log.error("model not loaded, capturing without detection: %s", exc)
+        self._start_worker()
+        for cam_config in self.config.cameras:
+            if cam_config.enabled:
+                self._start_camera(cam_config)
+
+    def restart_pipeline(self) -> list[str]:
+        """Stop and start every camera and the inference worker (store and sync keep running)."""
+        with self._parts:
+            names = list(self.cameras)
+            for name in names:
+                self._stop_camera(name)
+            if not self._stop_worker(timeout=10.0):
+                raise ApplyError("pipeline", "inference did not stop in time; cameras stopped, try again")
+            self._start_pipeline()
+            return sorted(self.cameras)
+
+    def apply_config(self, new: AgentConfig) -> list[str]:
+        """Run `new` instead of the current config, touching only what changed.
+
+        A new model is loaded before anything is stopped: if it does not load,
+        ApplyError is raised and the running config is untouched.
+        """
+        with self._parts:
+            diff = diff_configs(self.config, new)
+            detector = None
+            if diff.model_reload:
+                try:
+                    detector = self._load_model(new.model)
+                except (ModelError, BackendUnavailable, OSError, ValueError) as exc:
+                    raise ApplyError("model", f"cannot load the model: {exc}") from exc
+            for name in diff.cameras_to_stop:
+                self._stop_camera(name)
+            if detector is not None:
+                old = self.detector
+                worker_done = self._stop_worker()
+                self.detector, self.model_error = detector, None
+                self._start_worker()
+                if old is not None and worker_done:  # never free a model that is still running
+                    old.close()
+            elif diff.thresholds and self.detector is not None:
+                self.detector.score_threshold = new.model.score_threshold
+                self.detector.iou_threshold = new.model.iou_threshold
+            for cam_config in diff.cameras_to_start:
+                self._start_camera(cam_config)
+            if diff.telemetry_interval:
+                self.telemetry.reschedule(new.telemetry.interval_s)
+            self.store.config = new.storage
+            self.config = new
+            return diff.summary()
 
     def stop(self, timeout: float = 4.0) -> None:
         """Stop everything within `timeout` seconds, committing what inference produced.
@@ -115,12 +240,16 @@ class Runtime:
         """
         deadline = time.monotonic() + timeout
         self.telemetry.stop()
-        for camera in self.cameras.values():
+        if self.channel is not None:
+            self.channel.stop(0.5)
+        locked = self._parts.acquire(timeout=1.0)  # no config change from here on
+        cameras = list(self.cameras.values())
+        for camera in cameras:
             camera.stop()
         if self.worker is not None:
             self.worker.stop()
         camera_deadline = deadline - 1.5  # keep time for inference and the store
-        for camera in self.cameras.values():
+        for camera in cameras:
             if not camera.join(max(0.0, camera_deadline - time.monotonic())):
                 log.warning("camera %s did not stop in time (a blocked read); leaving it", camera.name)
         worker_done = self.worker is None or self.worker.join(max(0.0, deadline - time.monotonic() - 0.5))
@@ -133,12 +262,14 @@ class Runtime:
             self.link.stop(max(0.1, deadline - time.monotonic()))
         if self.detector is not None and worker_done:  # never free a model that is still running
             self.detector.close()
+        if locked:
+            self._parts.release()
 
     # -- status -------------------------------------------------------------------
     def status(self) -> dict:
         """A snapshot for the console, CLI and (later) telemetry and the health page."""
         cameras = {}
-        for name, camera in self.cameras.items():
+        for name, camera in list(self.cameras.items()):
             stats = asdict(camera.stats())
             stats["state"] = stats["state"].value
             summary = self.metrics.camera_summary(name)
@@ -150,10 +281,13 @@ class Runtime:
             "uptime_s": round(time.monotonic() - self.started_mono, 1) if self.started_mono else 0.0,
             "engine": None if self.detector is None else asdict(self.detector.info),
             "model_error": self.model_error,
+            "mqtt_error": self.mqtt_error,
+            "config": {"version": self.remote.version, "error": self.remote_error},
             "inference_errors": self.worker.errors if self.worker else 0,
             "frames_failed": self.worker.frames_failed if self.worker else 0,
             "cameras": cameras,
             "sync": None if self.syncer is None else self.syncer.stats(),
+            "commands": None if self.channel is None else self.channel.stats(),
             "store": {
                 "committed_rows": self.store.committed_rows,
                 "commits": self.store.commits,

@@ -110,6 +110,14 @@ def describe(source: Source) -> str:
     return f"{source.kind.value}:{source.value}"
 
 
+def redact_source(raw: str | int) -> str | int:
+    """A configured `source` value as it may be shown: same form, credentials removed."""
+    source = parse_source(raw)
+    if source.kind in (SourceKind.NETWORK, SourceKind.GSTREAMER):
+        return describe(source)
+    return raw
+
+
 @lru_cache(maxsize=1)
 def gstreamer_available() -> bool:
     """Whether this OpenCV build can run GStreamer pipelines."""

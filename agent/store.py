@@ -52,7 +52,16 @@ def _migrate_v2(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX outbox_pending ON outbox(dead, seq)")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_v1, _migrate_v2]
+def _migrate_v3(db: sqlite_utils.Database) -> None:
+    """Config from the fleet (agent.remote_config) and command answers kept for redeliveries (agent.commands)."""
+    db.execute("CREATE TABLE remote_config (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL, "
+               "overlay TEXT NOT NULL, applied_ms INTEGER NOT NULL)")
+    db.execute("CREATE TABLE command_answers (id TEXT PRIMARY KEY, name TEXT NOT NULL, answer TEXT NOT NULL, "
+               "created_ms INTEGER NOT NULL)")
+    db.execute("CREATE INDEX command_answers_age ON command_answers(created_ms)")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_v1, _migrate_v2, _migrate_v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -20,7 +20,7 @@ from agent.config import MqttConfig
 from agent.db import connect
 from agent.metrics import LatencyWindow
 from agent.mqtt_link import MqttLink
-from agent.outbox import DETECTION, Outbox, OutboxRow
+from agent.outbox import DETECTION, TELEMETRY, Outbox, OutboxRow
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class Syncer:
         self.puback_latency_ms = LatencyWindow(4096)
         self.capture_to_puback_ms = LatencyWindow(16384)
         link.on_publish = self._on_publish
-        link.on_connected = self._wake.set
+        link.on_connected.append(self._wake.set)
 
     # -- wiring -------------------------------------------------------------------
     def _on_publish(self, mid: int, reason: int) -> None:
@@ -202,7 +202,7 @@ class Syncer:
         else:
             body = f'"{group[0].kind}":{group[0].payload}'
         payload = envelope + body + "}"
-        mid = self.link.publish(topic, payload)
+        mid = self.link.publish(topic, payload, retain=group[0].kind == TELEMETRY)  # latest reading for `fleet`
         if mid is None:
             self.last_publish_error = "paho refused the message (not connected or queue full)"
             return False

@@ -59,6 +59,12 @@ class Telemetry:
     def stop(self) -> None:
         self._scheduler.shutdown(wait=False)
 
+    def reschedule(self, interval_s: float) -> None:
+        """A new period, from now on, without restarting anything."""
+        self.interval_s = interval_s
+        if self._scheduler.running:
+            self._scheduler.reschedule_job("telemetry", trigger="interval", seconds=interval_s)
+
     def take_reading(self) -> None:
         try:
             reading = self.read()

@@ -1,0 +1,314 @@
+"""Commands and desired config over MQTT: checked, run once, answered.
+
+paho's network thread only does the cheap checks (topic, size, JSON, schema,
+response topic, expiry) and hands work to one bounded queue; a full queue is
+answered `busy` and counted. One worker thread runs commands and config
+changes in arrival order. Answers go to the MQTT v5 response topic with the
+correlation data echoed, and only under `<prefix>/<device>/response/`. A
+message is acknowledged to the broker after it was handled, and the answers of
+commands that change something are kept in SQLite under the command id, so a
+redelivery (the agent died, or the link dropped, before the ack) gets the kept
+answer instead of running twice. Nothing malformed can stop either thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent.commands import CommandError, Commands, Envelope
+from agent.config import key_path
+from agent.config_service import ConfigService, Outcome
+from agent.db import connect, transaction
+from agent.mqtt_link import MqttLink
+
+log = logging.getLogger(__name__)
+
+MAX_COMMAND_BYTES = 64 * 1024
+MAX_DESIRED_BYTES = 256 * 1024
+QUEUE_SIZE = 32
+KEPT_ANSWERS = 1000  # answers kept for redeliveries; the oldest go first
+
+
+class DesiredDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    version: int = Field(ge=1)
+    config: dict[str, Any]
+
+
+@dataclass
+class _Job:
+    kind: str  # command | desired | report
+    message: mqtt.MQTTMessage | None = None
+    connection: int = 0
+    name: str = ""
+    envelope: Envelope | None = None
+    args: BaseModel | None = None
+    desired: DesiredDoc | None = None
+    deadline: float | None = None  # time.monotonic() past which the command is not run
+
+
+class _Refused(Exception):
+    def __init__(self, code: str, message: str, details: Any = None, cmd_id: str | None = None) -> None:
+        self.code = code
+        self.details = details
+        self.cmd_id = cmd_id
+        super().__init__(message)
+
+
+def _pydantic_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, str]]:
+    return [{"path": ".".join(p for p in (prefix, key_path(err["loc"])) if p), "message": err["msg"]}
+            for err in exc.errors()]
+
+
+class CommandChannel:
+    def __init__(self, link: MqttLink, commands: Commands, config: ConfigService, db_path: Path) -> None:
+        self.link = link
+        self.commands = commands
+        self.config = config
+        self._db_path = db_path
+        self.cmd_prefix = f"{link.base}/cmd/"
+        self.desired_topic = f"{link.base}/config/desired"
+        self.reported_topic = f"{link.base}/config/reported"
+        self.response_prefix = f"{link.base}/response/"
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._queue: queue.Queue[_Job] = queue.Queue(maxsize=QUEUE_SIZE)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="commands", daemon=True)
+        link.subscriptions += [f"{self.cmd_prefix}+", self.desired_topic]
+        link.on_message = self._on_message
+        link.on_connected.append(lambda: self._enqueue(_Job("report")))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def stats(self) -> dict[str, int]:
+        return {**self.counts, "queued": self._queue.qsize()}
+
+    # -- network thread: cheap checks, then the queue ------------------------------
+    def _on_message(self, message: mqtt.MQTTMessage, connection: int) -> None:
+        self.counts["received"] += 1
+        try:
+            job = self._parse(message, connection)
+        except _Refused as exc:
+            self._count_bad(message, exc.code, str(exc))
+            self._answer(message, {"id": exc.cmd_id, "ok": False, "error": _error(exc.code, str(exc), exc.details)})
+            self.link.ack(message, connection)
+            return
+        if job is None:
+            self.link.ack(message, connection)
+            return
+        if not self._enqueue(job):
+            self._answer(message, {"id": job.envelope.id if job.envelope else None, "ok": False,
+                                   "error": _error("busy", "too many commands waiting; try again")})
+            self.link.ack(message, connection)
+
+    def _enqueue(self, job: _Job) -> bool:
+        try:
+            self._queue.put_nowait(job)
+            return True
+        except queue.Full:
+            self.counts["busy"] += 1
+            return False
+
+    def _parse(self, message: mqtt.MQTTMessage, connection: int) -> _Job | None:
+        if message.topic == self.desired_topic:
+            return self._parse_desired(message, connection)
+        response = _prop(message, "ResponseTopic")
+        if response is not None and not self._response_allowed(response):
+            self._count_bad(message, "refused", f"response topic {response!r} is not under {self.response_prefix}")
+            return None  # never publish where we were not asked to be able to
+        if message.retain:
+            raise _Refused("bad_request", "retained commands are refused (they would run on every connect)")
+        name = message.topic[len(self.cmd_prefix):]
+        if name not in self.commands.catalogue:
+            raise _Refused("unknown_command", f"unknown command {name[:64]!r}; known: "
+                           + ", ".join(sorted(self.commands.catalogue)))
+        body = _json(message.payload, MAX_COMMAND_BYTES)
+        cmd_id = body.get("id") if isinstance(body, dict) and isinstance(body.get("id"), str) else None
+        cmd_id = cmd_id if cmd_id is not None and len(cmd_id) <= 64 else None  # echoed only when sane
+        try:
+            envelope = Envelope.model_validate(body)
+        except ValidationError as exc:
+            raise _Refused("bad_request", "invalid command envelope", _pydantic_errors(exc), cmd_id) from None
+        try:
+            args = self.commands.catalogue[name][0].model_validate(envelope.args)
+        except ValidationError as exc:
+            raise _Refused("bad_request", "invalid arguments", _pydantic_errors(exc, "args"), cmd_id) from None
+        expiry = _prop(message, "MessageExpiryInterval")
+        deadline = None if expiry is None else time.monotonic() + expiry
+        return _Job("command", message, connection, name, envelope, args, deadline=deadline)
+
+    def _parse_desired(self, message: mqtt.MQTTMessage, connection: int) -> _Job | None:
+        if not message.payload:
+            return None  # the retained desired config was cleared
+        try:
+            desired = DesiredDoc.model_validate(_json(message.payload, MAX_DESIRED_BYTES))
+        except (_Refused, ValidationError) as exc:
+            errors = _pydantic_errors(exc) if isinstance(exc, ValidationError) else [
+                {"path": "(payload)", "message": str(exc)}]
+            self._count_bad(message, "bad_request", "; ".join(f"{e['path']}: {e['message']}" for e in errors))
+            self.counts["desired_rejected"] += 1
+            self.link.publish(self.reported_topic, _dumps({
+                **self.config.reported(), "status": "rejected", "version": None, "errors": errors}), retain=True)
+            return None
+        return _Job("desired", message, connection, desired=desired)
+
+    def _response_allowed(self, topic: str) -> bool:
+        return topic.startswith(self.response_prefix) and len(topic) > len(self.response_prefix) \
+            and not any(c in topic for c in "+#\x00")
+
+    def _count_bad(self, message: mqtt.MQTTMessage, code: str, text: str) -> None:
+        self.counts["malformed" if code != "refused" else "refused"] += 1
+        n = self.counts["malformed"] + self.counts["refused"]
+        if n <= 10 or n % 100 == 0:  # counted always, logged sparingly: a flood must not flood the log
+            log.warning("mqtt: %s on %s (%s; %d so far)", code, message.topic[:200], text[:300], n)
+
+    # -- answers ------------------------------------------------------------------
+    def _answer(self, message: mqtt.MQTTMessage, answer: dict[str, Any] | str) -> None:
+        response = _prop(message, "ResponseTopic")
+        if response is None or not self._response_allowed(response):
+            return
+        props = Properties(PacketTypes.PUBLISH)
+        correlation = _prop(message, "CorrelationData")
+        if correlation is not None:
+            props.CorrelationData = correlation
+        payload = answer if isinstance(answer, str) else _dumps({"v": 1, **answer, "ts_ms": _now_ms()})
+        if self.link.publish(response, payload, properties=props) is None:
+            self.counts["answers_lost"] += 1  # kept answers come back on the redelivery
+        else:
+            self.counts["answered"] += 1
+
+    # -- the worker ---------------------------------------------------------------
+    def _run(self) -> None:
+        self._db = connect(self._db_path)
+        try:
+            while not self._stop.is_set():
+                try:
+                    job = self._queue.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                try:
+                    self._handle(job)
+                except Exception:  # a bug in one command must not stop the others
+                    self.counts["failed"] += 1
+                    log.exception("command handling failed")
+                finally:
+                    if job.message is not None:
+                        self.link.ack(job.message, job.connection)
+        finally:
+            self._db.conn.close()
+
+    def _handle(self, job: _Job) -> None:
+        if job.kind == "report":
+            self.link.publish(self.reported_topic, _dumps(self.config.reported()), retain=True)
+        elif job.kind == "desired":
+            assert job.desired is not None
+            outcome = self.config.apply_desired(job.desired.version, job.desired.config)
+            if outcome is None:
+                self.counts["desired_ignored"] += 1
+                return
+            self.counts["desired_applied" if outcome.ok else "desired_rejected"] += 1
+            self._report(outcome)
+        else:
+            self._command(job)
+
+    def _report(self, outcome: Outcome) -> None:
+        self.link.publish(self.reported_topic, _dumps(self.config.reported(outcome)), retain=True)
+
+    def _command(self, job: _Job) -> None:
+        assert job.message is not None and job.envelope is not None and job.args is not None
+        cmd_id = job.envelope.id
+        kept = self._kept_answer(cmd_id)
+        if kept is not None:
+            self.counts["duplicates"] += 1
+            self._answer(job.message, kept)
+            return
+        expires_at = job.envelope.expires_at
+        if (job.deadline is not None and time.monotonic() > job.deadline) or \
+                (expires_at is not None and _now_ms() > expires_at):
+            self.counts["expired"] += 1
+            log.info("command %s (%s) expired before it could run; ignored", job.name, cmd_id)
+            self._answer(job.message, {"id": cmd_id, "ok": False, "error": _error("expired", "expired; not run")})
+            return
+        try:
+            answer = {"id": cmd_id, "ok": True, "result": self.commands.run(job.name, job.args)}
+        except CommandError as exc:
+            answer = {"id": cmd_id, "ok": False, "error": _error(exc.code, str(exc), exc.details)}
+        except Exception as exc:
+            self.counts["failed"] += 1
+            log.exception("command %s failed", job.name)
+            answer = {"id": cmd_id, "ok": False, "error": _error("internal", f"{type(exc).__name__}: {exc}")}
+        self.counts["executed"] += 1
+        payload = _dumps({"v": 1, **answer, "ts_ms": _now_ms()})
+        if job.name not in self.commands.READ_ONLY:
+            self._keep_answer(cmd_id, job.name, payload)
+        self._answer(job.message, payload)
+
+    # -- kept answers (SQLite, bounded) -----------------------------------------------
+    def _kept_answer(self, cmd_id: str) -> str | None:
+        try:
+            row = self._db.execute("SELECT answer FROM command_answers WHERE id = ?", (cmd_id,)).fetchone()
+        except sqlite3.Error as exc:
+            log.error("cannot read kept command answers: %s", exc)
+            return None
+        return row[0] if row else None
+
+    def _keep_answer(self, cmd_id: str, name: str, payload: str) -> None:
+        try:
+            with transaction(self._db):
+                self._db.execute("INSERT OR REPLACE INTO command_answers(id, name, answer, created_ms) "
+                                 "VALUES (?, ?, ?, ?)", (cmd_id, name, payload, _now_ms()))
+                trimmed = self._db.execute(
+                    "DELETE FROM command_answers WHERE id IN (SELECT id FROM command_answers "
+                    "ORDER BY created_ms DESC LIMIT -1 OFFSET ?)", (KEPT_ANSWERS,)).rowcount
+            self.counts["answers_trimmed"] += max(0, trimmed)
+        except sqlite3.Error as exc:  # the command ran; a redelivery would run it again: say so
+            log.error("cannot keep the answer of command %s: %s", cmd_id, exc)
+
+
+def _prop(message: mqtt.MQTTMessage, name: str) -> Any:
+    props = getattr(message, "properties", None)
+    return getattr(props, name, None) if props is not None else None
+
+
+def _json(payload: bytes, limit: int) -> Any:
+    if len(payload) > limit:
+        raise _Refused("too_large", f"payload of {len(payload)} bytes; at most {limit}")
+    try:
+        return json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise _Refused("bad_request", f"not JSON: {str(exc)[:200]}") from None
+
+
+def _error(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        out["details"] = details
+    return out
+
+
+def _dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"), default=str)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

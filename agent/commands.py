@@ -1,0 +1,165 @@
+"""The command catalogue: each command's arguments (strict pydantic) and what it does.
+
+Commands arrive as `{"id": ..., "args": {...}, "expires_at": ms}` on
+`<prefix>/<device>/cmd/<name>`; only the names below exist. Nothing here runs
+shell strings or opens paths given in a command. The MQTT side (topics,
+answers, redeliveries, expiry) is agent.command_channel.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agent import __version__
+from agent.config import NAME_PATTERN
+from agent.config_diff import ApplyError
+from agent.config_service import ConfigService, Outcome
+from agent.remote_config import redacted
+from agent.snapshot import SnapshotTooLarge, encode_capped
+
+if TYPE_CHECKING:
+    from agent.runtime import Runtime
+
+COMMAND_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+
+
+class CommandError(Exception):
+    """An error answer: a stable code for programs, a message for people."""
+
+    def __init__(self, code: str, message: str, details: Any = None) -> None:
+        self.code = code
+        self.details = details
+        super().__init__(message)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Envelope(_Strict):
+    id: str = Field(pattern=COMMAND_ID_PATTERN)
+    args: dict[str, Any] = Field(default_factory=dict)
+    expires_at: int | None = Field(None, ge=0, description="UTC milliseconds; later than this it is not run")
+
+
+class NoArgs(_Strict):
+    pass
+
+
+class SetConfigArgs(_Strict):
+    config: dict[str, Any]
+
+
+class CameraArgs(_Strict):
+    action: Literal["add", "remove", "enable", "disable"]
+    name: str = Field(pattern=NAME_PATTERN)
+    settings: dict[str, Any] | None = Field(None, description="add: the camera's settings (source, fps, ...)")
+
+    @model_validator(mode="after")
+    def _settings_only_for_add(self) -> CameraArgs:
+        if (self.action == "add") != (self.settings is not None):
+            raise ValueError("settings are required for add and not allowed otherwise")
+        return self
+
+
+class SnapshotArgs(_Strict):
+    camera: str = Field(pattern=NAME_PATTERN)
+    max_bytes: int = Field(256 * 1024, ge=4096, le=768 * 1024, description="JPEG size cap")
+    quality: int = Field(85, ge=20, le=95)
+
+
+class Commands:
+    """Runs validated commands against the runtime; raises CommandError for error answers."""
+
+    def __init__(self, runtime: Runtime, config: ConfigService, packet_cap: Callable[[], int | None]) -> None:
+        self.runtime = runtime
+        self.config = config
+        self._packet_cap = packet_cap  # the broker's maximum packet size, when it told us
+        self.catalogue: dict[str, tuple[type[_Strict], Callable[[Any], dict[str, Any]]]] = {
+            "ping": (NoArgs, self.ping),
+            "get_config": (NoArgs, self.get_config),
+            "set_config": (SetConfigArgs, self.set_config),
+            "camera": (CameraArgs, self.camera),
+            "snapshot": (SnapshotArgs, self.snapshot),
+            "restart_pipeline": (NoArgs, self.restart_pipeline),
+            "get_stats": (NoArgs, self.get_stats),
+        }
+
+    # Answers to these are not kept for redeliveries: running them again changes nothing.
+    READ_ONLY = frozenset({"ping", "get_config", "get_stats", "snapshot"})
+
+    def run(self, name: str, args: BaseModel) -> dict[str, Any]:
+        return self.catalogue[name][1](args)
+
+    # -- the commands -----------------------------------------------------------------
+    def ping(self, _args: NoArgs) -> dict[str, Any]:
+        status = self.runtime.status()
+        return {"pong": int(time.time() * 1000), "version": __version__, "uptime_s": status["uptime_s"],
+                "boot_id": self.runtime.link.boot_id if self.runtime.link else None}
+
+    def get_config(self, _args: NoArgs) -> dict[str, Any]:
+        return {"version": self.config.applied_version, "config": redacted(self.runtime.config)}
+
+    def set_config(self, args: SetConfigArgs) -> dict[str, Any]:
+        return self._outcome(self.config.apply_patch(args.config))
+
+    def camera(self, args: CameraArgs) -> dict[str, Any]:
+        cameras = [c.model_dump(mode="json") for c in self.runtime.config.cameras]
+        names = [c["name"] for c in cameras]
+        if args.action == "add":
+            if args.name in names:
+                raise CommandError("conflict", f"camera {args.name} exists already")
+            cameras.append({**(args.settings or {}), "name": args.name})
+        elif args.name not in names:
+            raise CommandError("not_found", f"no camera named {args.name}")
+        elif args.action == "remove":
+            cameras = [c for c in cameras if c["name"] != args.name]
+        else:
+            for cam in cameras:
+                if cam["name"] == args.name:
+                    cam["enabled"] = args.action == "enable"
+        return self._outcome(self.config.apply_patch({"cameras": cameras}))
+
+    def snapshot(self, args: SnapshotArgs) -> dict[str, Any]:
+        camera = self.runtime.cameras.get(args.camera)
+        if camera is None:
+            raise CommandError("not_found", f"no running camera named {args.camera}")
+        frame = camera.latest
+        if frame is None:
+            raise CommandError("unavailable", f"camera {args.camera} has not delivered a frame yet")
+        cap = args.max_bytes
+        if (packet := self._packet_cap()) is not None:
+            cap = min(cap, (packet - 4096) * 3 // 4)  # base64 grows by 4/3; room for the rest of the answer
+        try:
+            jpeg, scale = encode_capped(frame.image, cap, args.quality)
+        except SnapshotTooLarge as exc:
+            raise CommandError("too_large", str(exc)) from None
+        number, detections = self.runtime.latest_detections.get(args.camera, (None, []))
+        return {
+            "camera": args.camera, "frame": frame.number, "ts_ms": frame.wall_ms,
+            "width": frame.image.shape[1], "height": frame.image.shape[0], "scale": round(scale, 4),
+            "detections_frame": number, "detections": [d.to_dict() for d in detections],
+            "jpeg_base64": base64.b64encode(jpeg).decode("ascii"), "jpeg_bytes": len(jpeg),
+        }
+
+    def restart_pipeline(self, _args: NoArgs) -> dict[str, Any]:
+        try:
+            cameras = self.runtime.restart_pipeline()
+        except ApplyError as exc:
+            raise CommandError("failed", str(exc)) from None
+        return {"cameras": cameras, "model_error": self.runtime.model_error}
+
+    def get_stats(self, _args: NoArgs) -> dict[str, Any]:
+        return self.runtime.status()
+
+    @staticmethod
+    def _outcome(outcome: Outcome) -> dict[str, Any]:
+        if not outcome.ok:
+            raise CommandError("rejected", "; ".join(f"{p}: {m}" for p, m in outcome.errors),
+                               [{"path": p, "message": m} for p, m in outcome.errors])
+        return {"changes": outcome.changes}

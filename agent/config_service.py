@@ -1,0 +1,127 @@
+"""Applies config changes from the fleet: validate, apply live, persist, report.
+
+Two ways in, one path: a versioned desired config (retained on
+`config/desired`) and the `set_config` / `camera` commands (one-off changes
+that keep the applied version). A change that does not validate, or that the
+runtime cannot apply (a model that does not load), is rejected with key-path
+errors and the running config stays as it was (DESIGN invariant 4). An applied
+change is persisted (overlay and version in one row) before it is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent.config import AgentConfig, ConfigError
+from agent.config_diff import ApplyError
+from agent.db import connect
+from agent.remote_config import AppliedState, combine, effective_config, redacted, save_state
+
+if TYPE_CHECKING:
+    from agent.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """The answer to one change; becomes the retained `config/reported` document."""
+
+    status: str  # applied | rejected | unchanged
+    version: int | None  # the version asked for (None: a command)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    changes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "rejected"
+
+
+class ConfigService:
+    def __init__(self, runtime: Runtime, db_path: Path) -> None:
+        self.runtime = runtime
+        self._db_path = db_path
+        self.last_outcome: Outcome | None = None
+
+    @property
+    def applied_version(self) -> int:
+        return self.runtime.remote.version
+
+    def apply_desired(self, version: int, patch: dict[str, Any]) -> Outcome | None:
+        """A desired version; None when it is not newer than the applied one (ignored)."""
+        if version <= self.applied_version:
+            return None
+        return self._apply(patch, version)
+
+    def apply_patch(self, patch: dict[str, Any]) -> Outcome:
+        """A one-off change from a command; the applied version stays."""
+        return self._apply(patch, None)
+
+    def _apply(self, patch: dict[str, Any], version: int | None) -> Outcome:
+        state = self.runtime.remote
+        overlay = combine(state.overlay, patch)
+        try:
+            new = effective_config(self.runtime.file_config, overlay)
+        except ConfigError as exc:
+            return self._done(Outcome("rejected", version, exc.errors))
+        old = self.runtime.config
+        try:
+            changes = self.runtime.apply_config(new)
+        except ApplyError as exc:
+            return self._done(Outcome("rejected", version, [(exc.path, str(exc))]))
+        new_state = AppliedState(version if version is not None else state.version, overlay,
+                                 int(time.time() * 1000))
+        try:
+            self._persist(new_state)
+        except sqlite3.Error as exc:  # keep running and persisted in step: go back to what was saved
+            self.runtime.apply_config(old)
+            return self._done(Outcome("rejected", version, [("(storage)", f"cannot persist the config: {exc}")]))
+        self.runtime.remote = new_state
+        return self._done(Outcome("applied", version, changes=changes))
+
+    def _persist(self, state: AppliedState) -> None:
+        db = connect(self._db_path)
+        try:
+            save_state(db, state)
+        finally:
+            db.conn.close()
+
+    def _done(self, outcome: Outcome) -> Outcome:
+        self.last_outcome = outcome
+        if outcome.ok:
+            log.info("config %s: %s", _name(outcome.version), ", ".join(outcome.changes) or "nothing to change")
+        else:
+            log.warning("config %s rejected: %s", _name(outcome.version),
+                        "; ".join(f"{p}: {m}" for p, m in outcome.errors))
+        return outcome
+
+    def effective(self) -> AgentConfig:
+        return self.runtime.config
+
+    def reported(self, outcome: Outcome | None = None) -> dict[str, Any]:
+        """The `config/reported` document for an outcome (default: the last one, or the applied state)."""
+        outcome = outcome or self.last_outcome
+        state = self.runtime.remote
+        doc: dict[str, Any] = {
+            "v": 1,
+            "version": state.version if outcome is None or outcome.version is None else outcome.version,
+            "status": "applied" if outcome is None else outcome.status,
+            "applied_version": state.version,
+            "errors": [] if outcome is None else [{"path": p, "message": m} for p, m in outcome.errors],
+            "config": redacted(self.runtime.config),
+            "ts_ms": int(time.time() * 1000),
+        }
+        if outcome is not None and outcome.changes:
+            doc["changes"] = outcome.changes
+        if self.runtime.remote_error:
+            doc["warning"] = self.runtime.remote_error
+        return doc
+
+
+def _name(version: int | None) -> str:
+    return "change by command" if version is None else f"version {version}"
