@@ -25,6 +25,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent import __version__
 from agent.backoff import Backoff
@@ -122,8 +123,9 @@ class MqttLink:
             self.session = self._next_session()
             self.max_packet_size = getattr(properties, "MaximumPacketSize", None) if properties else None
             client.publish(self.status_topic, self._status(True), qos=1, retain=True)  # birth before any data
-            if self.subscriptions:
-                client.subscribe([(topic, 1) for topic in self.subscriptions])
+            if self.subscriptions:  # retain as published: a handler can tell (and refuse) retained commands
+                options = SubscribeOptions(qos=1, retainAsPublished=True)
+                client.subscribe([(topic, options) for topic in self.subscriptions])
             self.connects += 1
             self.last_error = None
             self._backoff.reset()

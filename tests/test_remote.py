@@ -1,0 +1,290 @@
+"""Config and commands over a real Mosquitto: desired/reported config, every command, redeliveries."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from agent.config import MqttConfig, validate_config
+from agent.fleet import FleetClient
+from agent.runtime import Runtime
+from tests.broker import Mosquitto
+from tests.helpers import wait_for
+
+DEVICE = "dev-r"
+
+
+def device_settings(tmp_path: Path, clip: Path, port: int, **extra: object) -> dict:
+    camera = {"source": str(clip), "fps": 10, "loop": True}
+    return {
+        "device": {"id": DEVICE},
+        "cameras": [{"name": "front", **camera}, {"name": "back", **camera}],
+        "storage": {"path": str(tmp_path / "data")},
+        "mqtt": {"host": "127.0.0.1", "port": port, "password": "hunter2",
+                 "reconnect": {"initial_s": 0.05, "max_s": 0.3}},
+        **extra,
+    }
+
+
+@dataclass
+class Setup:
+    tmp_path: Path
+    clip: Path
+    broker: Mosquitto
+    fleet: FleetClient
+
+    def start_device(self, **extra: object) -> Runtime:
+        runtime = Runtime(validate_config(device_settings(self.tmp_path, self.clip, self.broker.port, **extra)))
+        runtime.start()
+        wait_for(runtime.link.connected.is_set, what="device connected")
+        return runtime
+
+    def reported(self) -> dict | None:
+        topic = f"edge/{DEVICE}/config/reported"
+        return self.fleet.retained(topic).get(topic)
+
+
+@pytest.fixture
+def setup(tmp_path: Path, short_clip: Path) -> Iterator[Setup]:
+    broker = Mosquitto(tmp_path / "broker").start()
+    fleet = FleetClient(MqttConfig(host="127.0.0.1", port=broker.port))
+    yield Setup(tmp_path, short_clip, broker, fleet)
+    fleet.close()
+    broker.stop()
+
+
+def frames(runtime: Runtime, camera: str) -> int:
+    return runtime.cameras[camera].frames_captured
+
+
+# -- desired / reported config ---------------------------------------------------------
+def test_desired_config_sent_while_offline_is_applied_on_connect_and_survives_a_restart(setup: Setup) -> None:
+    version, report = setup.fleet.publish_desired(
+        DEVICE, {"model": {"score_threshold": 0.55}, "telemetry": {"interval_s": 7}}, timeout=0.2)
+    assert version == 1 and report is None  # nobody there to answer yet
+    runtime = setup.start_device()
+    try:
+        wait_for(lambda: (setup.reported() or {}).get("version") == 1, what="reported v1")
+        report = setup.reported()
+        assert report["status"] == "applied" and report["applied_version"] == 1 and report["errors"] == []
+        assert report["config"]["model"]["score_threshold"] == 0.55
+        assert report["config"]["mqtt"]["password"] == "<redacted>"
+        assert "hunter2" not in json.dumps(report)
+        assert runtime.detector.score_threshold == 0.55 and runtime.telemetry.interval_s == 7
+        assert runtime.channel.counts["desired_applied"] == 1
+    finally:
+        runtime.stop()
+    runtime = setup.start_device()  # same data dir: the applied config comes back from SQLite
+    try:
+        assert runtime.remote.version == 1 and runtime.config.model.score_threshold == 0.55
+        assert runtime.detector.score_threshold == 0.55
+        wait_for(lambda: runtime.channel.counts["desired_ignored"] == 1, what="retained v1 seen again, ignored")
+        assert runtime.channel.counts["desired_applied"] == 0
+    finally:
+        runtime.stop()
+
+
+def test_invalid_desired_config_is_rejected_with_key_paths_and_the_old_config_keeps_running(setup: Setup) -> None:
+    runtime = setup.start_device()
+    try:
+        before = runtime.config
+        cameras = dict(runtime.cameras)
+        version, report = setup.fleet.publish_desired(DEVICE, {
+            "cameras": [{"name": "front", "source": str(setup.clip), "fps": -1, "colour": "red"}],
+            "mqtt": {"host": "elsewhere"}, "storage": {"path": "/tmp/x"},
+        })
+        assert report is not None and report["status"] == "rejected" and report["applied_version"] == 0
+        paths = {e["path"] for e in report["errors"]}
+        assert paths == {"mqtt", "storage.path"}  # refused sections are reported before anything else
+        version, report = setup.fleet.publish_desired(DEVICE, {
+            "cameras": [{"name": "front", "source": str(setup.clip), "fps": -1, "colour": "red"}]})
+        paths = {e["path"] for e in report["errors"]}
+        assert report["status"] == "rejected" and {"cameras[0].fps", "cameras[0].colour"} <= paths
+        assert runtime.config is before and runtime.cameras == cameras  # untouched, same camera objects
+        counted = {name: frames(runtime, name) for name in cameras}
+        wait_for(lambda: all(frames(runtime, n) > c for n, c in counted.items()), what="cameras still running")
+        version, report = setup.fleet.publish_desired(DEVICE, {"model": {"path": "/nonexistent.onnx"}})
+        assert report["status"] == "rejected" and report["errors"][0]["path"] == "model"
+        assert runtime.detector is not None and runtime.config is before
+        version, report = setup.fleet.publish_desired(DEVICE, {"model": {"iou_threshold": 0.6}})
+        assert report["status"] == "applied" and report["applied_version"] == version == 4
+        assert runtime.detector.iou_threshold == 0.6 and runtime.cameras == cameras
+    finally:
+        runtime.stop()
+
+
+def test_model_change_swaps_the_engine_and_keeps_stored_data(setup: Setup, tmp_path: Path) -> None:
+    from engines.config import DEMO_MODEL_PATH
+
+    copy = tmp_path / "copy.onnx"
+    copy.write_bytes(DEMO_MODEL_PATH.read_bytes())
+    runtime = setup.start_device()
+    try:
+        wait_for(lambda: runtime.store.committed_rows > 10, what="detections stored")
+        stored, old = runtime.store.committed_rows, runtime.detector
+        _, report = setup.fleet.publish_desired(DEVICE, {"model": {"path": str(copy)}})
+        assert report["status"] == "applied" and "model reloaded" in report["changes"]
+        assert runtime.detector is not old and runtime.detector.info.model_path == str(copy)
+        wait_for(lambda: runtime.store.committed_rows > stored + 10, what="detections from the new engine")
+    finally:
+        runtime.stop()
+
+
+# -- commands ------------------------------------------------------------------------
+def test_camera_added_over_mqtt_starts_while_the_others_keep_counting(setup: Setup, other_clip: Path) -> None:
+    runtime = setup.start_device()
+    fleet = setup.fleet
+    try:
+        front, back = runtime.cameras["front"], runtime.cameras["back"]
+        wait_for(lambda: front.frames_captured > 3 and back.frames_captured > 3, what="cameras running")
+        counted = (front.frames_captured, back.frames_captured)
+        answer = fleet.command(DEVICE, "camera", {"action": "add", "name": "side",
+                                                  "settings": {"source": str(other_clip), "fps": 10}})
+        assert answer["ok"], answer
+        assert answer["result"]["changes"] == ["camera side started"]
+        wait_for(lambda: frames(runtime, "side") > 3, what="new camera capturing")
+        assert runtime.cameras["front"] is front and runtime.cameras["back"] is back  # not restarted
+        assert front.frames_captured > counted[0] and back.frames_captured > counted[1]  # counters kept running
+        assert [c.name for c in runtime.config.cameras] == ["front", "back", "side"]
+
+        assert fleet.command(DEVICE, "camera", {"action": "disable", "name": "back"})["ok"]
+        assert "back" not in runtime.cameras and runtime.cameras["front"] is front
+        assert fleet.command(DEVICE, "camera", {"action": "enable", "name": "back"})["ok"]
+        wait_for(lambda: frames(runtime, "back") > 0, what="re-enabled camera capturing")
+        assert fleet.command(DEVICE, "camera", {"action": "remove", "name": "side"})["ok"]
+        assert "side" not in runtime.cameras
+
+        for args, code in (({"action": "remove", "name": "nope"}, "not_found"),
+                           ({"action": "add", "name": "front", "settings": {"source": "demo:1"}}, "conflict"),
+                           ({"action": "add", "name": "x", "settings": {"source": "ftp://a/b"}}, "rejected"),
+                           ({"action": "add", "name": "x"}, "bad_request"),
+                           ({"action": "explode", "name": "front"}, "bad_request")):
+            answer = fleet.command(DEVICE, "camera", args)
+            assert answer["ok"] is False and answer["error"]["code"] == code, (args, answer)
+        rejected = fleet.command(DEVICE, "camera", {"action": "add", "name": "x", "settings": {"source": "ftp://a"}})
+        assert rejected["error"]["details"][0]["path"] == "cameras[2].source"
+        reported = setup.reported()
+        assert reported["applied_version"] == 0 and [c["name"] for c in reported["config"]["cameras"]] == \
+            ["front", "back"]
+    finally:
+        runtime.stop()
+
+
+def test_each_command_answers_and_refuses_bad_arguments(setup: Setup) -> None:
+    runtime = setup.start_device()
+    fleet = setup.fleet
+    try:
+        wait_for(lambda: runtime.latest_detections.get("front") is not None, what="a frame through inference")
+        ping = fleet.command(DEVICE, "ping")
+        assert ping["ok"] and ping["result"]["boot_id"] == runtime.link.boot_id
+
+        config = fleet.command(DEVICE, "get_config")["result"]
+        assert config["version"] == 0 and config["config"]["mqtt"]["password"] == "<redacted>"
+
+        answer = fleet.command(DEVICE, "set_config", {"config": {"model": {"score_threshold": 0.7}}})
+        assert answer["ok"] and answer["result"]["changes"] == ["thresholds updated"]
+        assert runtime.detector.score_threshold == 0.7
+        answer = fleet.command(DEVICE, "set_config", {"config": {"model": {"score_threshold": 7}}})
+        assert answer["error"]["code"] == "rejected"
+        assert answer["error"]["details"][0]["path"] == "model.score_threshold"
+        assert runtime.detector.score_threshold == 0.7
+
+        shot = fleet.command(DEVICE, "snapshot", {"camera": "front", "max_bytes": 8192})["result"]
+        jpeg = base64.b64decode(shot["jpeg_base64"])
+        assert len(jpeg) == shot["jpeg_bytes"] <= 8192
+        image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        assert image is not None and image.shape[1] == round(shot["width"] * shot["scale"])
+        assert isinstance(shot["detections"], list) and shot["camera"] == "front"
+
+        stats = fleet.command(DEVICE, "get_stats")["result"]
+        assert set(stats["cameras"]) == {"front", "back"} and stats["commands"]["executed"] >= 4
+
+        old = dict(runtime.cameras)
+        answer = fleet.command(DEVICE, "restart_pipeline")
+        assert answer["ok"] and answer["result"]["cameras"] == ["back", "front"]
+        assert all(runtime.cameras[n] is not old[n] for n in old)
+        wait_for(lambda: frames(runtime, "front") > 0, what="capturing after the restart")
+
+        for name, args, code in (("ping", {"x": 1}, "bad_request"), ("get_config", {"all": True}, "bad_request"),
+                                 ("snapshot", {"camera": "nope"}, "not_found"),
+                                 ("snapshot", {"camera": "front", "max_bytes": 10}, "bad_request"),
+                                 ("restart_pipeline", {"now": 1}, "bad_request"),
+                                 ("get_stats", {"verbose": "yes"}, "bad_request"),
+                                 ("reboot", {}, "unknown_command"), ("set_config", {}, "bad_request")):
+            answer = fleet.command(DEVICE, name, args)
+            assert answer["ok"] is False and answer["error"]["code"] == code, (name, answer)
+        assert fleet.request(DEVICE, "ping", b"\xff not json")["error"]["code"] == "bad_request"
+        assert fleet.request(DEVICE, "ping", b"{" * 70_000)["error"]["code"] == "too_large"
+    finally:
+        runtime.stop()
+
+
+def test_redelivered_command_id_is_answered_from_the_kept_answer_not_run_again(setup: Setup,
+                                                                             other_clip: Path) -> None:
+    runtime = setup.start_device()
+    fleet = setup.fleet
+    add = {"action": "add", "name": "side", "settings": {"source": str(other_clip)}}
+    try:
+        first = fleet.command(DEVICE, "camera", add, cmd_id="cmd-42")
+        assert first["ok"] and first["id"] == "cmd-42"
+        again = fleet.command(DEVICE, "camera", add, cmd_id="cmd-42")  # run again, it would be a conflict
+        assert again == first and runtime.channel.counts["duplicates"] == 1
+        assert fleet.command(DEVICE, "camera", add)["error"]["code"] == "conflict"  # a new id does run
+    finally:
+        runtime.stop()
+    runtime = setup.start_device()  # kept across a restart
+    try:
+        assert fleet.command(DEVICE, "camera", add, cmd_id="cmd-42") == first
+    finally:
+        runtime.stop()
+
+
+def test_expired_and_misdirected_commands_are_not_run(setup: Setup) -> None:
+    runtime = setup.start_device()
+    fleet = setup.fleet
+    try:
+        body = {"id": "late", "args": {"action": "remove", "name": "front"}, "expires_at": int(time.time() * 1000) - 1}
+        answer = fleet.request(DEVICE, "camera", json.dumps(body))
+        assert answer["error"]["code"] == "expired" and "front" in runtime.cameras
+        # An answer may only go under the device's response/ subtree: elsewhere, nothing is published or run.
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = "edge/other-device/cmd/camera"
+        body = {"id": "evil", "args": {"action": "remove", "name": "front"}}
+        fleet.client.publish(f"edge/{DEVICE}/cmd/camera", json.dumps(body), qos=1, properties=props)
+        wait_for(lambda: runtime.channel.counts["refused"] == 1, what="refused response topic")
+        assert "front" in runtime.cameras
+        retained = fleet.request(DEVICE, "get_stats", json.dumps({"id": "r1"}), retain=True)
+        assert retained["error"]["code"] == "bad_request" and "retained" in retained["error"]["message"]
+    finally:
+        runtime.stop()
+
+
+def test_command_unacknowledged_when_the_link_drops_is_redelivered_and_not_run_twice(setup: Setup,
+                                                                                   other_clip: Path) -> None:
+    runtime = setup.start_device()
+    try:
+        handled: list[int] = []
+        runtime.link.ack = lambda message, connection: handled.append(message.mid)  # the ack never leaves
+        answer = setup.fleet.command(DEVICE, "camera", {"action": "add", "name": "side",
+                                                        "settings": {"source": str(other_clip)}}, cmd_id="once")
+        assert answer["ok"] and handled
+        connects = runtime.link.connects
+        setup.broker.stop()  # the link drops before the broker got the ack; it keeps the device's session
+        setup.broker.start()
+        wait_for(lambda: runtime.channel.counts["duplicates"] == 1, what="the command delivered again")
+        assert runtime.link.connects > connects
+        assert [c.name for c in runtime.config.cameras] == ["front", "back", "side"]  # ran once
+        assert runtime.channel.counts["executed"] == 1
+    finally:
+        runtime.stop()
