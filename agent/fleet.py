@@ -22,7 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.config import MqttConfig
-from agent.mqtt_link import describe_connect_error, new_client
+from agent.mqtt_link import describe_connect_error, new_client, no_delay
 
 
 class FleetError(Exception):
@@ -45,6 +45,7 @@ class FleetClient:
             self.client.connect(config.host, config.port, config.keepalive)
         except (OSError, ValueError) as exc:
             raise FleetError(f"{config.host}:{config.port}: {describe_connect_error(exc)}") from None
+        no_delay(self.client)
         self.client.loop_start()
         if not self._connected.wait(timeout):
             self.close()

@@ -11,6 +11,7 @@ Callbacks never raise into paho's thread.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -120,6 +121,7 @@ class MqttLink:
                 self.last_error = f"broker refused the connection: {reason}"
                 log.error("mqtt: %s", self.last_error)
                 return
+            no_delay(client)
             self.session = self._next_session()
             self.max_packet_size = getattr(properties, "MaximumPacketSize", None) if properties else None
             client.publish(self.status_topic, self._status(True), qos=1, retain=True)  # birth before any data
@@ -215,6 +217,14 @@ class MqttLink:
                 time.sleep(0.01)
         self._stop.set()
         self._thread.join(max(0.1, deadline - time.monotonic()))
+
+
+def no_delay(client: mqtt.Client) -> None:
+    """Small messages (commands, answers, acks) leave at once instead of waiting on Nagle's algorithm."""
+    sock = client.socket()
+    if sock is not None and hasattr(sock, "setsockopt"):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def describe_connect_error(exc: BaseException) -> str:
