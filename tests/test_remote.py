@@ -288,3 +288,49 @@ def test_command_unacknowledged_when_the_link_drops_is_redelivered_and_not_run_t
         assert runtime.channel.counts["executed"] == 1
     finally:
         runtime.stop()
+
+
+def test_fleet_cli_lists_reads_status_sends_commands_and_configures(setup: Setup, capsys: pytest.CaptureFixture,
+                                                                    tmp_path: Path) -> None:
+    from agent.cli import main
+
+    port = str(setup.broker.port)
+    runtime = setup.start_device(telemetry={"interval_s": 1})
+
+    def fleet(*args: str) -> tuple[int, str]:
+        code = main(["fleet", *args[:1], "--port", port, *args[1:]])
+        out, err = capsys.readouterr()
+        return code, out + err
+
+    try:
+        wait_for(lambda: runtime.syncer.stats()["messages_acked"] > 0 and runtime.telemetry.readings > 0,
+                 what="a telemetry reading delivered")
+        wait_for(lambda: fleet("status", DEVICE, "--json")[0] == 0, what="retained telemetry")
+        code, out = fleet("list", "--json")
+        rows = json.loads(out)
+        assert code == 0 and rows[0]["device"] == DEVICE and rows[0]["online"] and rows[0]["session"] == 1
+        code, out = fleet("status", DEVICE, "--json")
+        assert set(json.loads(out)["cameras"]) == {"front", "back"}
+        assert fleet("status", DEVICE)[1].count("camera ") == 2
+
+        code, out = fleet("cmd", DEVICE, "ping")
+        assert code == 0 and json.loads(out)["ok"] is True
+        code, out = fleet("cmd", DEVICE, "camera", "--arg", "action=remove", "--arg", "name=nope")
+        assert code == 1 and json.loads(out)["error"]["code"] == "not_found"
+        jpeg = tmp_path / "shot.jpg"
+        code, out = fleet("cmd", DEVICE, "snapshot", "--arg", "camera=front", "--save-jpeg", str(jpeg))
+        assert code == 0 and cv2.imread(str(jpeg)) is not None and "jpeg_base64" not in out
+        code, out = fleet("cmd", "ghost", "ping", "--timeout", "0.5")
+        assert code == 3 and "no answer" in out
+
+        change = tmp_path / "change.yaml"
+        change.write_text("model:\n  score_threshold: 0.45\n")
+        code, out = fleet("config", DEVICE, str(change))
+        assert code == 0 and "version 1 applied" in out and runtime.detector.score_threshold == 0.45
+        change.write_text("cameras:\n  - name: front\n    source: demo:1\n    fps: 0\n")
+        code, out = fleet("config", "--all", str(change))
+        assert code == 1 and "version 2 rejected; still running version 1" in out and "cameras[0].fps" in out
+    finally:
+        runtime.stop()
+    code, out = fleet("list")
+    assert code == 0 and f"{DEVICE}" in out and "offline" in out
