@@ -22,7 +22,7 @@ def free_port() -> int:
 class Mosquitto:
     """Persistence on, so a graceful restart keeps retained messages and subscriber sessions."""
 
-    def __init__(self, workdir: Path, extra_conf: str = "") -> None:
+    def __init__(self, workdir: Path, extra_conf: str = "", plain_listener: bool = True) -> None:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(exe).exists():
             pytest.skip("mosquitto is not installed (.ci/run installs it)")
@@ -33,7 +33,8 @@ class Mosquitto:
         self.conf = self.dir / "mosquitto.conf"
         self.conf.write_text(
             # run as ourselves: as root, mosquitto would switch to a user that cannot write our temp dir
-            f"user {getpass.getuser()}\nlistener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"user {getpass.getuser()}\npersistence true\n"
+            + (f"listener {self.port} 127.0.0.1\nallow_anonymous true\n" if plain_listener else "") +
             f"persistence_location {self.dir}/\nautosave_interval 1\nmax_queued_messages 1000000\n"
             "set_tcp_nodelay true\n"  # as provisioning/ recommends: small messages leave at once
             f"log_dest file {self.dir}/mosquitto.log\nlog_type all\n{extra_conf}"
