@@ -24,6 +24,8 @@ from paho.mqtt.properties import Properties
 from agent.config import MqttConfig
 from agent.mqtt_link import describe_connect_error, new_client, no_delay
 
+INBOX_SIZE = 100_000  # retained status/telemetry of a large fleet fit; beyond it messages are dropped, counted
+
 
 class FleetError(Exception):
     pass
@@ -34,7 +36,8 @@ class FleetClient:
         self.prefix = prefix or config.topic_prefix
         self.token = secrets.token_hex(8)
         self._answers: dict[bytes, queue.Queue[dict]] = {}
-        self._inbox: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
+        self._inbox: queue.Queue[tuple[str, bytes, bool]] = queue.Queue(maxsize=INBOX_SIZE)
+        self.dropped = 0  # messages beyond INBOX_SIZE not yet read
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._acks: dict[int, threading.Event] = {}
@@ -68,7 +71,10 @@ class FleetClient:
                 except ValueError:
                     box.put({"ok": False, "error": {"code": "bad_answer", "message": "answer is not JSON"}})
             return
-        self._inbox.put((msg.topic, msg.payload, msg.retain))
+        try:
+            self._inbox.put_nowait((msg.topic, msg.payload, msg.retain))
+        except queue.Full:
+            self.dropped += 1
 
     def _subscribe(self, topic: str, timeout: float) -> None:
         done = threading.Event()

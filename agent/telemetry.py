@@ -107,4 +107,6 @@ class Telemetry:
             },
             "store": {**status.get("store", {}), **self._store_figures()},
             "sync": status.get("sync"),
+            "commands": status.get("commands"),
+            "config": status.get("config"),
         }
