@@ -46,7 +46,7 @@ KEPT_ANSWERS = 1000  # answers kept for redeliveries; the oldest go first
 class DesiredDoc(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=2**62)
     config: dict[str, Any]
 
 
@@ -60,6 +60,7 @@ class _Job:
     args: BaseModel | None = None
     desired: DesiredDoc | None = None
     deadline: float | None = None  # time.monotonic() past which the command is not run
+    ack: bool = True  # False when the answer could not be handed to paho: the redelivery gets it
 
 
 class _Refused(Exception):
@@ -86,6 +87,7 @@ class CommandChannel:
         self.reported_topic = f"{link.base}/config/reported"
         self.response_prefix = f"{link.base}/response/"
         self.counts: collections.Counter[str] = collections.Counter()
+        self._counts_lock = threading.Lock()
         self._queue: queue.Queue[_Job] = queue.Queue(maxsize=QUEUE_SIZE)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="commands", daemon=True)
@@ -101,11 +103,16 @@ class CommandChannel:
         self._thread.join(timeout)
 
     def stats(self) -> dict[str, int]:
-        return {**self.counts, "queued": self._queue.qsize()}
+        with self._counts_lock:
+            return {**self.counts, "queued": self._queue.qsize()}
+
+    def _count(self, name: str, by: int = 1) -> None:
+        with self._counts_lock:  # both the network thread and the worker count
+            self.counts[name] += by
 
     # -- network thread: cheap checks, then the queue ------------------------------
     def _on_message(self, message: mqtt.MQTTMessage, connection: int) -> None:
-        self.counts["received"] += 1
+        self._count("received")
         try:
             job = self._parse(message, connection)
         except _Refused as exc:
@@ -126,7 +133,7 @@ class CommandChannel:
             self._queue.put_nowait(job)
             return True
         except queue.Full:
-            self.counts["busy"] += 1
+            self._count("busy")
             return False
 
     def _parse(self, message: mqtt.MQTTMessage, connection: int) -> _Job | None:
@@ -166,7 +173,7 @@ class CommandChannel:
             errors = _pydantic_errors(exc) if isinstance(exc, ValidationError) else [
                 {"path": "(payload)", "message": str(exc)}]
             self._count_bad(message, "bad_request", "; ".join(f"{e['path']}: {e['message']}" for e in errors))
-            self.counts["desired_rejected"] += 1
+            self._count("desired_rejected")
             self.link.publish(self.reported_topic, _dumps({
                 **self.config.reported(), "status": "rejected", "version": None, "errors": errors}), retain=True)
             return None
@@ -177,25 +184,27 @@ class CommandChannel:
             and not any(c in topic for c in "+#\x00")
 
     def _count_bad(self, message: mqtt.MQTTMessage, code: str, text: str) -> None:
-        self.counts["malformed" if code != "refused" else "refused"] += 1
+        self._count("malformed" if code != "refused" else "refused")
         n = self.counts["malformed"] + self.counts["refused"]
         if n <= 10 or n % 100 == 0:  # counted always, logged sparingly: a flood must not flood the log
             log.warning("mqtt: %s on %s (%s; %d so far)", code, message.topic[:200], text[:300], n)
 
     # -- answers ------------------------------------------------------------------
-    def _answer(self, message: mqtt.MQTTMessage, answer: dict[str, Any] | str) -> None:
+    def _answer(self, message: mqtt.MQTTMessage, answer: dict[str, Any] | str) -> bool:
+        """Publish an answer if one was asked for; False if paho would not take it now."""
         response = _prop(message, "ResponseTopic")
         if response is None or not self._response_allowed(response):
-            return
+            return True
         props = Properties(PacketTypes.PUBLISH)
         correlation = _prop(message, "CorrelationData")
         if correlation is not None:
             props.CorrelationData = correlation
         payload = answer if isinstance(answer, str) else _dumps({"v": 1, **answer, "ts_ms": _now_ms()})
         if self.link.publish(response, payload, properties=props) is None:
-            self.counts["answers_lost"] += 1  # kept answers come back on the redelivery
-        else:
-            self.counts["answered"] += 1
+            self._count("answers_lost")  # not acknowledged either: the broker delivers the command again
+            return False
+        self._count("answered")
+        return True
 
     # -- the worker ---------------------------------------------------------------
     def _run(self) -> None:
@@ -209,10 +218,10 @@ class CommandChannel:
                 try:
                     self._handle(job)
                 except Exception:  # a bug in one command must not stop the others
-                    self.counts["failed"] += 1
+                    self._count("failed")
                     log.exception("command handling failed")
                 finally:
-                    if job.message is not None:
+                    if job.message is not None and job.ack:
                         self.link.ack(job.message, job.connection)
         finally:
             self._db.conn.close()
@@ -224,28 +233,28 @@ class CommandChannel:
             assert job.desired is not None
             outcome = self.config.apply_desired(job.desired.version, job.desired.config)
             if outcome is None:
-                self.counts["desired_ignored"] += 1
+                self._count("desired_ignored")
                 return
-            self.counts["desired_applied" if outcome.ok else "desired_rejected"] += 1
-            self._report(outcome)
+            self._count("desired_applied" if outcome.ok else "desired_rejected")
+            job.ack = self._report(outcome)
         else:
             self._command(job)
 
-    def _report(self, outcome: Outcome) -> None:
-        self.link.publish(self.reported_topic, _dumps(self.config.reported(outcome)), retain=True)
+    def _report(self, outcome: Outcome) -> bool:
+        return self.link.publish(self.reported_topic, _dumps(self.config.reported(outcome)), retain=True) is not None
 
     def _command(self, job: _Job) -> None:
         assert job.message is not None and job.envelope is not None and job.args is not None
         cmd_id = job.envelope.id
         kept = self._kept_answer(cmd_id)
         if kept is not None:
-            self.counts["duplicates"] += 1
-            self._answer(job.message, kept)
+            self._count("duplicates")
+            job.ack = self._answer(job.message, kept)
             return
         expires_at = job.envelope.expires_at
         if (job.deadline is not None and time.monotonic() > job.deadline) or \
                 (expires_at is not None and _now_ms() > expires_at):
-            self.counts["expired"] += 1
+            self._count("expired")
             log.info("command %s (%s) expired before it could run; ignored", job.name, cmd_id)
             self._answer(job.message, {"id": cmd_id, "ok": False, "error": _error("expired", "expired; not run")})
             return
@@ -254,14 +263,14 @@ class CommandChannel:
         except CommandError as exc:
             answer = {"id": cmd_id, "ok": False, "error": _error(exc.code, str(exc), exc.details)}
         except Exception as exc:
-            self.counts["failed"] += 1
+            self._count("failed")
             log.exception("command %s failed", job.name)
             answer = {"id": cmd_id, "ok": False, "error": _error("internal", f"{type(exc).__name__}: {exc}")}
-        self.counts["executed"] += 1
+        self._count("executed")
         payload = _dumps({"v": 1, **answer, "ts_ms": _now_ms()})
         if job.name not in self.commands.READ_ONLY:
             self._keep_answer(cmd_id, job.name, payload)
-        self._answer(job.message, payload)
+        job.ack = self._answer(job.message, payload)
 
     # -- kept answers (SQLite, bounded) -----------------------------------------------
     def _kept_answer(self, cmd_id: str) -> str | None:
@@ -280,7 +289,7 @@ class CommandChannel:
                 trimmed = self._db.execute(
                     "DELETE FROM command_answers WHERE id IN (SELECT id FROM command_answers "
                     "ORDER BY created_ms DESC LIMIT -1 OFFSET ?)", (KEPT_ANSWERS,)).rowcount
-            self.counts["answers_trimmed"] += max(0, trimmed)
+            self._count("answers_trimmed", max(0, trimmed))
         except sqlite3.Error as exc:  # the command ran; a redelivery would run it again: say so
             log.error("cannot keep the answer of command %s: %s", cmd_id, exc)
 

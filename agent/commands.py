@@ -2,13 +2,15 @@
 
 Commands arrive as `{"id": ..., "args": {...}, "expires_at": ms}` on
 `<prefix>/<device>/cmd/<name>`; only the names below exist. Nothing here runs
-shell strings or opens paths given in a command. The MQTT side (topics,
+shell strings; the only paths a command can name are config values, validated
+as in the config file. The MQTT side (topics,
 answers, redeliveries, expiry) is agent.command_channel.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
@@ -25,6 +27,7 @@ from agent.snapshot import SnapshotTooLarge, encode_capped
 if TYPE_CHECKING:
     from agent.runtime import Runtime
 
+MAX_SNAPSHOT_DETECTIONS = 200
 COMMAND_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 
 
@@ -132,18 +135,20 @@ class Commands:
         frame = camera.latest
         if frame is None:
             raise CommandError("unavailable", f"camera {args.camera} has not delivered a frame yet")
+        number, detections = self.runtime.latest_detections.get(args.camera, (None, []))
+        found = [d.to_dict() for d in detections[:MAX_SNAPSHOT_DETECTIONS]]
         cap = args.max_bytes
-        if (packet := self._packet_cap()) is not None:
-            cap = min(cap, (packet - 4096) * 3 // 4)  # base64 grows by 4/3; room for the rest of the answer
+        if (packet := self._packet_cap()) is not None:  # the answer around the image must fit too
+            rest = len(json.dumps(found)) + 4096  # topic, properties, the other fields
+            cap = min(cap, (packet - rest) * 3 // 4)  # base64 grows by 4/3
         try:
             jpeg, scale = encode_capped(frame.image, cap, args.quality)
         except SnapshotTooLarge as exc:
             raise CommandError("too_large", str(exc)) from None
-        number, detections = self.runtime.latest_detections.get(args.camera, (None, []))
         return {
             "camera": args.camera, "frame": frame.number, "ts_ms": frame.wall_ms,
             "width": frame.image.shape[1], "height": frame.image.shape[0], "scale": round(scale, 4),
-            "detections_frame": number, "detections": [d.to_dict() for d in detections],
+            "detections_frame": number, "detections": found, "detections_total": len(detections),
             "jpeg_base64": base64.b64encode(jpeg).decode("ascii"), "jpeg_bytes": len(jpeg),
         }
 

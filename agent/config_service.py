@@ -11,7 +11,6 @@ change is persisted (overlay and version in one row) before it is reported.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +77,7 @@ class ConfigService:
                                  int(time.time() * 1000))
         try:
             self._persist(new_state)
-        except sqlite3.Error as exc:  # keep running and persisted in step: go back to what was saved
+        except Exception as exc:  # keep running and persisted in step: go back to what was saved
             self.runtime.apply_config(old)
             return self._done(Outcome("rejected", version, [("(storage)", f"cannot persist the config: {exc}")]))
         self.runtime.remote = new_state

@@ -9,6 +9,7 @@ broker delivers only after the retained ones before it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import secrets
@@ -67,9 +68,11 @@ class FleetClient:
                 box = self._answers.get(bytes(correlation))
             if box is not None:
                 try:
-                    box.put(json.loads(msg.payload))
-                except ValueError:
-                    box.put({"ok": False, "error": {"code": "bad_answer", "message": "answer is not JSON"}})
+                    answer = json.loads(msg.payload)
+                except (ValueError, RecursionError):
+                    answer = {"ok": False, "error": {"code": "bad_answer", "message": "answer is not JSON"}}
+                with contextlib.suppress(queue.Full):  # a second answer to one request is ignored
+                    box.put_nowait(answer)
             return
         try:
             self._inbox.put_nowait((msg.topic, msg.payload, msg.retain))

@@ -111,6 +111,9 @@ class MqttLink:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.manual_ack_set(True)
+        # Only the network thread writes to the socket: publishes and acks from other threads are queued
+        # and wake its select() (paho writes from the caller's thread otherwise, without a lock).
+        client.on_socket_register_write = lambda _client, _userdata, _sock: None
         return client
 
     # -- paho callbacks (network thread) -------------------------------------------

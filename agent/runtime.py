@@ -65,6 +65,7 @@ class Runtime:
         )
         self._wake = threading.Event()
         self._parts = threading.RLock()  # cameras, detector and worker change under it
+        self._stopping = False
         self.cameras: dict[str, Camera] = {}
         self.detector: Detector | None = None
         self.worker: InferenceWorker | None = None
@@ -111,6 +112,7 @@ class Runtime:
                 log.info("config version %d from the fleet applied on top of the config file", self.remote.version)
         except ConfigError as exc:  # e.g. the file changed under it; run the file's config and say so
             self.remote_error = f"stored fleet config v{self.remote.version} no longer valid: {exc}"
+            self.remote.overlay = {}  # later changes start from the file's config, which is what runs
             log.error("%s", self.remote_error)
         except sqlite3.Error as exc:
             self.remote_error = f"cannot read the stored fleet config: {exc}"
@@ -205,6 +207,8 @@ class Runtime:
         ApplyError is raised and the running config is untouched.
         """
         with self._parts:
+            if self._stopping:
+                raise ApplyError("(agent)", "the agent is stopping")
             diff = diff_configs(self.config, new)
             detector = None
             if diff.model_reload:
@@ -239,6 +243,7 @@ class Runtime:
         thread is a daemon), then inference, then the store drains its queue.
         """
         deadline = time.monotonic() + timeout
+        self._stopping = True
         self.telemetry.stop()
         if self.channel is not None:
             self.channel.stop(0.5)
@@ -260,7 +265,7 @@ class Runtime:
         if self.syncer is not None and self.link is not None:
             self.syncer.stop(0.3)
             self.link.stop(max(0.1, deadline - time.monotonic()))
-        if self.detector is not None and worker_done:  # never free a model that is still running
+        if self.detector is not None and worker_done and locked:  # never free a model that may still run
             self.detector.close()
         if locked:
             self._parts.release()

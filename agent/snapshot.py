@@ -15,6 +15,8 @@ class SnapshotTooLarge(Exception):
 
 def encode_capped(image: np.ndarray, max_bytes: int, quality: int = 85) -> tuple[bytes, float]:
     """JPEG bytes within `max_bytes`, and the scale applied to the image (1.0: full size)."""
+    if max_bytes < 1024:
+        raise SnapshotTooLarge(f"only {max_bytes} bytes left for the image under the broker's packet limit")
     scale = 1.0
     while True:
         scaled = image if scale == 1.0 else cv2.resize(

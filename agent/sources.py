@@ -74,26 +74,28 @@ def parse_source(raw: str | int) -> Source:
     if m := re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", text):
         if m.group(1).lower() not in _NETWORK_SCHEMES:
             raise ValueError(f"unsupported URL scheme '{m.group(1)}' (use rtsp, rtsps, http or https)")
+        try:
+            _ = urlsplit(text).port  # raises for a port out of range or not a number
+        except ValueError:
+            raise ValueError("the URL's port must be a number from 0 to 65535") from None
         return Source(SourceKind.NETWORK, text)
     if text.startswith(("csi:", "demo:")):
         raise ValueError(f"'{text}': expected csi:N or demo:N with N a number")
     return Source(SourceKind.FILE, text)
 
 
-_SECRET_QUERY_KEYS = re.compile(r"(?i)^(pass(word)?|pwd|token|key|secret|auth|signature|sig)$")
+_SECRET_QUERY_KEYS = re.compile(r"(?i)(pass|pwd|token|key|secret|auth|sig)")
 
 
 def redact_url(url: str) -> str:
     """The URL without its password or secret query values, for logs and status."""
     parts = urlsplit(url)
     if parts.password is not None:
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
+        host = parts.netloc.rpartition("@")[2]
         parts = parts._replace(netloc=f"{parts.username}:***@{host}")
     if parts.query:
         query = "&".join(
-            f"{k}=***" if _SECRET_QUERY_KEYS.match(k) else pair
+            f"{k}=***" if _SECRET_QUERY_KEYS.search(k) else pair
             for pair in parts.query.split("&")
             for k in [pair.split("=", 1)[0]]
         )
@@ -106,7 +108,9 @@ def describe(source: Source) -> str:
     if source.kind is SourceKind.NETWORK:
         return redact_url(str(source.value))
     if source.kind is SourceKind.GSTREAMER:
-        return "gst:" + re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", str(source.value))
+        pipeline = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", str(source.value))
+        return "gst:" + re.sub(r"(?i)\b([\w-]*(?:pw|pass|pwd|token|secret|key)[\w-]*)=(\"[^\"]*\"|\S+)", r"\1=***",
+                               pipeline)
     return f"{source.kind.value}:{source.value}"
 
 

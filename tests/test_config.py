@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from agent.config import AgentConfig, ConfigError, load_config
@@ -113,3 +115,47 @@ def test_jetson_pipelines_follow_nvidias_documented_forms() -> None:
     rtsp = jetson_rtsp_pipeline("rtsp://cam/live", "h265", timeout_s=5)
     assert 'location="rtsp://cam/live"' in rtsp and "tcp-timeout=5000000" in rtsp
     assert "rtph265depay ! h265parse ! nvv4l2decoder ! nvvidconv" in rtsp
+
+
+def test_redacted_sources_hide_every_kind_of_secret_and_never_fail() -> None:
+    from agent.sources import redact_source
+
+    assert redact_source("rtsp://u:pw@cam:554/x?access_token=abc&apikey=1&ch=2") == \
+        "rtsp://u:***@cam:554/x?access_token=***&apikey=***&ch=2"
+    assert redact_source("gst:rtspsrc location=rtsp://cam/x user-id=admin user-pw=hunter2 ! appsink") == \
+        "gst:rtspsrc location=rtsp://cam/x user-id=admin user-pw=*** ! appsink"
+    assert redact_source("rtsp://u:pw@[::1]:554/x") == "rtsp://u:***@[::1]:554/x"
+    assert redact_source(0) == 0 and redact_source("demo:3") == "demo:3"
+    with pytest.raises(ValueError, match="port must be a number"):
+        parse_source("rtsp://u:pw@cam:99999/x")  # would make redaction raise later; refused up front
+
+
+def test_remote_overlay_merges_restores_defaults_and_refuses_local_only_sections() -> None:
+    from agent.remote_config import apply_overlay, combine, effective_config, redacted
+
+    base = AgentConfig(mqtt={"host": "b", "password": "hunter2"})
+    overlay = combine({"model": {"score_threshold": 0.6, "iou_threshold": 0.3}}, {"model": {"iou_threshold": None}})
+    assert overlay == {"model": {"score_threshold": 0.6, "iou_threshold": None}}
+    config = effective_config(base, overlay)
+    assert config.model.score_threshold == 0.6 and config.model.iou_threshold == 0.5  # null: the default
+    assert apply_overlay({"a": [1, 2]}, {"a": [3]}) == {"a": [3]}  # lists replace
+    with pytest.raises(ConfigError) as err:
+        effective_config(base, {"mqtt": {"host": "x"}, "storage": {"path": "/x", "max_size_mb": 5}, "device": {}})
+    assert {path for path, _ in err.value.errors} == {"mqtt", "storage.path", "device"}
+    assert redacted(base)["mqtt"]["password"] == "<redacted>"
+    assert "hunter2" not in str(redacted(base))
+
+
+def test_snapshot_encoding_respects_the_cap_by_quality_then_size() -> None:
+    from agent.snapshot import SnapshotTooLarge, encode_capped
+
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (720, 1280, 3), dtype=np.uint8)  # noise: the hardest image to compress
+    jpeg, scale = encode_capped(image, 20_000)
+    assert len(jpeg) <= 20_000 and scale < 1.0
+    decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape[1] == round(1280 * scale)
+    flat = np.full((720, 1280, 3), 128, np.uint8)
+    assert encode_capped(flat, 20_000)[1] == 1.0  # fits at full size
+    with pytest.raises(SnapshotTooLarge):
+        encode_capped(image, 500)
