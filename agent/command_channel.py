@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.commands import CommandError, Commands, Envelope
 from agent.config import key_path
-from agent.config_service import ConfigService, Outcome
+from agent.config_service import ConfigService
 from agent.db import connect, transaction
 from agent.mqtt_link import MqttLink
 
@@ -174,8 +174,7 @@ class CommandChannel:
                 {"path": "(payload)", "message": str(exc)}]
             self._count_bad(message, "bad_request", "; ".join(f"{e['path']}: {e['message']}" for e in errors))
             self._count("desired_rejected")
-            self.link.publish(self.reported_topic, _dumps({
-                **self.config.reported(), "status": "rejected", "version": None, "errors": errors}), retain=True)
+            self._publish_report({**self.config.reported(), "status": "rejected", "version": None, "errors": errors})
             return None
         return _Job("desired", message, connection, desired=desired)
 
@@ -228,7 +227,7 @@ class CommandChannel:
 
     def _handle(self, job: _Job) -> None:
         if job.kind == "report":
-            self.link.publish(self.reported_topic, _dumps(self.config.reported()), retain=True)
+            self._publish_report(self.config.reported())
         elif job.kind == "desired":
             assert job.desired is not None
             outcome = self.config.apply_desired(job.desired.version, job.desired.config)
@@ -236,12 +235,13 @@ class CommandChannel:
                 self._count("desired_ignored")
                 return
             self._count("desired_applied" if outcome.ok else "desired_rejected")
-            job.ack = self._report(outcome)
+            job.ack = self._publish_report(self.config.reported(outcome))
         else:
             self._command(job)
 
-    def _report(self, outcome: Outcome) -> bool:
-        return self.link.publish(self.reported_topic, _dumps(self.config.reported(outcome)), retain=True) is not None
+    def _publish_report(self, doc: dict[str, Any]) -> bool:
+        """The retained config/reported document; False if paho would not take it now."""
+        return self.link.publish(self.reported_topic, _dumps(doc), retain=True) is not None
 
     def _command(self, job: _Job) -> None:
         assert job.message is not None and job.envelope is not None and job.args is not None

@@ -32,11 +32,6 @@ class ConfigDiff:
     telemetry_interval: bool = False
     storage: bool = False
 
-    @property
-    def empty(self) -> bool:
-        return not (self.cameras_to_stop or self.cameras_to_start or self.model_reload or self.thresholds
-                    or self.telemetry_interval or self.storage)
-
     def summary(self) -> list[str]:
         """Short phrases for the answer and the log."""
         started = {c.name for c in self.cameras_to_start}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.config import AgentConfig, ConfigError
+from agent.config import ConfigError
 from agent.config_diff import ApplyError
 from agent.db import connect
 from agent.remote_config import AppliedState, combine, effective_config, redacted, save_state
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 class Outcome:
     """The answer to one change; becomes the retained `config/reported` document."""
 
-    status: str  # applied | rejected | unchanged
+    status: str  # applied | rejected
     version: int | None  # the version asked for (None: a command)
     errors: list[tuple[str, str]] = field(default_factory=list)
     changes: list[str] = field(default_factory=list)
@@ -98,9 +98,6 @@ class ConfigService:
             log.warning("config %s rejected: %s", _name(outcome.version),
                         "; ".join(f"{p}: {m}" for p, m in outcome.errors))
         return outcome
-
-    def effective(self) -> AgentConfig:
-        return self.runtime.config
 
     def reported(self, outcome: Outcome | None = None) -> dict[str, Any]:
         """The `config/reported` document for an outcome (default: the last one, or the applied state)."""

@@ -37,11 +37,10 @@ class FleetClient:
         self.prefix = prefix or config.topic_prefix
         self.token = secrets.token_hex(8)
         self._answers: dict[bytes, queue.Queue[dict]] = {}
-        self._inbox: queue.Queue[tuple[str, bytes, bool]] = queue.Queue(maxsize=INBOX_SIZE)
+        self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=INBOX_SIZE)
         self.dropped = 0  # messages beyond INBOX_SIZE not yet read
         self._lock = threading.Lock()
         self._connected = threading.Event()
-        self._acks: dict[int, threading.Event] = {}
         self.client = new_client(config, f"fleet-{self.token}")
         self.client.on_connect = lambda c, u, f, rc, p: (not rc.is_failure) and self._connected.set()
         self.client.on_message = self._on_message
@@ -75,7 +74,7 @@ class FleetClient:
                     box.put_nowait(answer)
             return
         try:
-            self._inbox.put_nowait((msg.topic, msg.payload, msg.retain))
+            self._inbox.put_nowait((msg.topic, msg.payload))
         except queue.Full:
             self.dropped += 1
 
@@ -92,7 +91,7 @@ class FleetClient:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                topic, payload, _retain = self._inbox.get(timeout=max(0.0, deadline - time.monotonic()))
+                topic, payload = self._inbox.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 raise FleetError(f"the broker did not answer within {timeout:g}s") from None
             if done(topic, payload):

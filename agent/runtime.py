@@ -164,7 +164,7 @@ class Runtime:
         if self.store.running:
             self._load_remote_state()
             self.store.config = self.config.storage
-            self.telemetry.interval_s = self.config.telemetry.interval_s
+            self.telemetry.reschedule(self.config.telemetry.interval_s)
         if self.syncer is not None and self.link is not None and self.store.running:
             self.syncer.start()
             if self.channel is not None:
