@@ -488,6 +488,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: default)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_bench)
+
+    from agent import cli_models
+
+    cli_models.register(sub)
     return p
 
 

@@ -112,9 +112,12 @@ class Detector:
             raise ValueError(f"batch of {len(frames)} frames; this model takes 1 to {self.max_batch}")
         return PreparedBatch(len(frames), [self._writer.write(i, f) for i, f in enumerate(frames)])
 
+    def input_tensor(self, prepared: PreparedBatch) -> np.ndarray:
+        """The model input for `prepared` (a view of the buffer the next `preprocess` overwrites)."""
+        return self._writer.tensor if self.fixed_batch else self._writer.tensor[: prepared.size]
+
     def infer(self, prepared: PreparedBatch) -> list[np.ndarray]:
-        tensor = self._writer.tensor if self.fixed_batch else self._writer.tensor[: prepared.size]
-        return self.backend.infer(tensor)
+        return self.backend.infer(self.input_tensor(prepared))
 
     def postprocess(self, prepared: PreparedBatch, outputs: list[np.ndarray]) -> list[list[Detection]]:
         results = []
