@@ -153,6 +153,12 @@ class TelemetryConfig(_Strict):
     interval_s: float = Field(10.0, ge=1, le=3600, description="health reading period")
 
 
+class GpuConfig(_Strict):
+    memory_budget_mb: int = Field(1024, ge=64, le=1 << 20,
+                                  description="GPU memory the engines may use, never exceeded")
+    device_id: int = Field(0, ge=0, le=15)
+
+
 class AgentConfig(_Strict):
     device: DeviceConfig = Field(default_factory=DeviceConfig)
     cameras: list[CameraConfig] = Field(default_factory=_demo_cameras, max_length=64)
@@ -161,6 +167,7 @@ class AgentConfig(_Strict):
     mqtt: MqttConfig | None = None  # absent: no broker
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    gpu: GpuConfig = Field(default_factory=GpuConfig)
 
     @field_validator("cameras")
     @classmethod

@@ -34,7 +34,7 @@ from agent.remote_config import AppliedState, effective_config, load_state
 from agent.store import Store, StoreError, health_figures
 from agent.sync import Syncer
 from agent.telemetry import Telemetry
-from engines import BackendUnavailable, Detection, Detector, ModelError, load_detector
+from engines import BackendUnavailable, Detection, Detector, GpuResources, ModelError, load_detector
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,8 @@ class Runtime:
     def __init__(self, config: AgentConfig, data_dir: Path | None = None) -> None:
         self.file_config = config  # what the config file says; the fleet's overlay goes on top
         self.config = config  # what runs
+        # One budget for the life of the process: a change to `gpu` takes effect on restart.
+        self.gpu = GpuResources(config.gpu.memory_budget_mb, config.gpu.device_id)
         self.remote = AppliedState()
         self.data_dir = (data_dir or config.storage.path).expanduser()
         self.device_id = resolve_device_id(config.device.id, self.data_dir)
@@ -119,7 +121,7 @@ class Runtime:
             log.error("%s", self.remote_error)
 
     def _load_model(self, model_config) -> Detector:
-        detector = load_detector(model_config)
+        detector = load_detector(model_config, self.gpu)
         info = detector.info
         log.info("model %s: %s layout, input %dx%d, batch ≤ %d, %d classes, %s",
                  info.model_path, info.layout, info.input_width, info.input_height,
@@ -288,6 +290,7 @@ class Runtime:
             "model_error": self.model_error,
             "mqtt_error": self.mqtt_error,
             "config": {"version": self.remote.version, "error": self.remote_error},
+            "gpu_memory": self.gpu.report(),
             "inference_errors": self.worker.errors if self.worker else 0,
             "frames_failed": self.worker.frames_failed if self.worker else 0,
             "cameras": cameras,

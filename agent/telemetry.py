@@ -97,6 +97,7 @@ class Telemetry:
             "process": {"rss_mb": round(self._process.memory_info().rss / 2**20, 1),
                         "threads": self._process.num_threads(), "cpu_percent": self._process.cpu_percent()},
             "gpu": gpu,
+            "gpu_memory": status.get("gpu_memory"),  # the budget: limit, use, peak, refusals
             "engine": status.get("engine") and {k: status["engine"][k] for k in
                                                 ("backend", "model_path", "precision", "layout", "providers")},
             "model_error": status.get("model_error"),

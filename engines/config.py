@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
 from engines.layouts import Layout
 
@@ -20,16 +20,81 @@ def resolve_model_path(path: str | Path) -> Path:
     return Path(path).expanduser()
 
 
-class OnnxRuntimeConfig(BaseModel):
-    """ONNX Runtime session settings."""
+DEFAULT_ENGINE_CACHE = Path("~/.cache/edge-agent/engines")
+ProviderName = Literal["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"]
 
+
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+
+class CudaProviderConfig(_Strict):
+    """ONNX Runtime CUDA EP. Its arena is capped by the GPU budget (`gpu_mem_limit`)."""
+
+    device_id: int = Field(0, ge=0, le=15)
+    # MiB of the GPU budget this session may use for its arena; None: all of what is left at load.
+    mem_limit_mb: int | None = Field(None, ge=16)
+    cudnn_workspace_limited: bool = Field(True, description="cap cuDNN's conv workspace instead of taking the max")
+
+
+class TensorrtProviderConfig(_Strict):
+    """ONNX Runtime TensorRT EP: builds its own engines, cached on disk."""
+
+    device_id: int = Field(0, ge=0, le=15)
+    fp16: bool = True
+    int8: bool = Field(False, description="needed for QDQ (INT8) models; no calibration table is used")
+    workspace_mb: int = Field(256, ge=16, le=65536)
+    cache_dir: Path = DEFAULT_ENGINE_CACHE / "ort-trt"
+    timing_cache: bool = True
+    dla_core: int | None = Field(None, ge=0, le=1, description="Jetson DLA core; unsupported layers run on GPU")
+
+
+class OnnxRuntimeConfig(_Strict):
+    """ONNX Runtime session settings; providers are tried in order, CPU last."""
+
     type: Literal["onnxruntime"] = "onnxruntime"
-    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"], min_length=1)
+    providers: list[ProviderName] = Field(default_factory=lambda: ["CPUExecutionProvider"], min_length=1)
     intra_op_threads: int = Field(0, ge=0, le=256, description="0: ONNX Runtime's default (one per core)")
     # Spinning threads burn the cores that capture and decoding need; off by default.
     allow_spinning: bool = False
+    cuda: CudaProviderConfig = Field(default_factory=CudaProviderConfig)
+    tensorrt: TensorrtProviderConfig = Field(default_factory=TensorrtProviderConfig)
+    # A GPU provider that fails to take the model makes ONNX Runtime run it on CPU without a word;
+    # true: refuse such a session instead of running 20x slower than planned.
+    require_gpu: bool = True
+
+    @field_validator("providers")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("each provider at most once")
+        return v
+
+
+class TensorRTConfig(_Strict):
+    """Native TensorRT: an engine built from the ONNX model on this device, cached on disk."""
+
+    type: Literal["tensorrt"] = "tensorrt"
+    # auto: INT8 (+FP16 for float layers) for a QDQ model, FP16 otherwise.
+    precision: Literal["auto", "fp16", "fp32"] = "auto"
+    workspace_mb: int = Field(256, ge=16, le=65536, description="builder workspace limit")
+    cache_dir: Path = DEFAULT_ENGINE_CACHE / "tensorrt"
+    device_id: int = Field(0, ge=0, le=15)
+    dla_core: int | None = Field(None, ge=0, le=1, description="Jetson DLA core, with GPU fallback")
+    build_timeout_s: float = Field(3600.0, gt=0, description="builds take minutes on a Jetson")
+
+
+def _engine_type(value: Any) -> str | None:
+    """The `type` tag; an engine section without one is ONNX Runtime (configs before the union)."""
+    if isinstance(value, dict):
+        return value.get("type", "onnxruntime")
+    return getattr(value, "type", None)
+
+
+EngineConfig = Annotated[
+    Annotated[OnnxRuntimeConfig, Tag("onnxruntime")] | Annotated[TensorRTConfig, Tag("tensorrt")],
+    Discriminator(_engine_type),
+]
 
 
 class DetectorConfig(BaseModel):
@@ -46,7 +111,7 @@ class DetectorConfig(BaseModel):
     input_size: tuple[int, int] | None = Field(
         None, description="[height, width] for models with a dynamic input size (default: their imgsz metadata)"
     )
-    engine: OnnxRuntimeConfig = Field(default_factory=OnnxRuntimeConfig)
+    engine: EngineConfig = Field(default_factory=OnnxRuntimeConfig)
 
     @field_validator("input_size")
     @classmethod

@@ -6,9 +6,8 @@ NMS. The three stages are separate methods so the pipeline can time each one.
 
 from __future__ import annotations
 
-import ast
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +15,13 @@ import numpy as np
 import yaml
 
 from engines.backend import InferenceBackend
-from engines.config import DetectorConfig, resolve_model_path
+from engines.config import DetectorConfig, OnnxRuntimeConfig, resolve_model_path
 from engines.errors import ModelLayoutError, ModelLoadError
+from engines.gpu import GpuResources
 from engines.labels import pad_labels, resolve_labels
 from engines.layouts import Layout, decode, detect_layout
 from engines.letterbox import Letterbox, LetterboxWriter
+from engines.model_input import model_input_size
 from engines.nms import nms
 from engines.onnxruntime_backend import OnnxRuntimeBackend
 from engines.types import Detection, EngineInfo
@@ -42,26 +43,6 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _input_size(path: str, shape: tuple, metadata: dict[str, str],
-                configured: tuple[int, int] | None) -> tuple[int, int]:
-    """The model's fixed H×W, else the configured size, else Ultralytics' `imgsz` metadata."""
-    h, w = shape[2], shape[3]
-    if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
-        return h, w
-    if configured is not None:
-        return configured
-    try:
-        size = ast.literal_eval(metadata.get("imgsz", ""))
-        size = [size, size] if isinstance(size, int) else list(size)
-        if len(size) == 2 and all(isinstance(d, int) and d > 0 for d in size):
-            return size[0], size[1]
-    except (ValueError, SyntaxError, TypeError):
-        pass
-    raise ModelLayoutError(
-        f"{path}: input shape {list(shape)} has a dynamic size and no imgsz metadata; set model.input_size"
-    )
-
-
 class Detector:
     """A loaded detection model; not thread-safe (one inference worker owns it)."""
 
@@ -73,7 +54,7 @@ class Detector:
         shape = backend.input.shape
         if len(shape) != 4 or not (shape[1] == 3 or not isinstance(shape[1], int)):
             raise ModelLayoutError(f"{path}: input shape {list(shape)} is not [batch, 3, height, width]")
-        self.input_h, self.input_w = _input_size(path, shape, backend.metadata, config.input_size)
+        self.input_h, self.input_w = model_input_size(path, shape, backend.metadata, config.input_size)
         self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
         self.max_batch = self.fixed_batch or config.max_batch
         meta = backend.metadata
@@ -148,10 +129,30 @@ class Detector:
         self.backend.close()
 
 
-def load_detector(config: DetectorConfig) -> Detector:
-    """Open the configured model on its runtime; raises ModelError with the reason."""
+def _open_backend(config: DetectorConfig, path: Path, gpu: GpuResources | None,
+                  on_progress: Callable[[str], None] | None) -> InferenceBackend:
+    engine = config.engine
+    if isinstance(engine, OnnxRuntimeConfig):
+        return OnnxRuntimeBackend(path, engine, gpu.budget if gpu else None)
+    if gpu is None:
+        raise ModelLoadError(f"{path}: the tensorrt engine needs a GPU budget (gpu.memory_budget_mb)")
+    if not path.is_file():
+        raise ModelLoadError(f"model file not found: {path}")
+    from engines.tensorrt.backend import TensorRTBackend
+
+    return TensorRTBackend(path, engine, gpu.trt_host(), file_sha256(path), config.max_batch,
+                           config.input_size, on_progress)
+
+
+def load_detector(config: DetectorConfig, gpu: GpuResources | None = None,
+                  on_progress: Callable[[str], None] | None = None) -> Detector:
+    """Open the configured model on its runtime; raises ModelError with the reason.
+
+    `gpu` holds the memory budget every GPU engine loads inside; CPU engines need none.
+    `on_progress` hears TensorRT build phases (builds take minutes on a Jetson).
+    """
     path = resolve_model_path(config.path)
-    backend = OnnxRuntimeBackend(path, config.engine)
+    backend = _open_backend(config, path, gpu, on_progress)
     try:
         return Detector(backend, config, path)
     except Exception:

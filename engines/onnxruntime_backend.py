@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
+from engines import ort_providers
 from engines.backend import InferenceBackend, TensorSpec
 from engines.config import OnnxRuntimeConfig
 from engines.errors import BackendUnavailable, ModelLoadError
+from engines.gpu_budget import GpuMemoryBudget
 
 
 def _first_line(exc: BaseException) -> str:
@@ -19,7 +21,7 @@ def _first_line(exc: BaseException) -> str:
 class OnnxRuntimeBackend(InferenceBackend):
     name = "onnxruntime"
 
-    def __init__(self, path: Path, config: OnnxRuntimeConfig) -> None:
+    def __init__(self, path: Path, config: OnnxRuntimeConfig, budget: GpuMemoryBudget | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - a packaging error
@@ -38,9 +40,22 @@ class OnnxRuntimeBackend(InferenceBackend):
         options.log_severity_level = 3
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
+        self._budget = budget
         try:
-            self._session = ort.InferenceSession(str(path), options, providers=config.providers)
+            self._plan = ort_providers.plan_providers(config, path, budget, f"onnxruntime:{path.name}")
+        except ValueError as exc:
+            raise ModelLoadError(f"{path}: {exc}") from exc
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=self._plan.providers)
+            lost = ort_providers.fell_back(config.providers, self._session.get_providers())
+            if lost and config.require_gpu:
+                raise ModelLoadError(f"{', '.join(lost)} did not take the model and ONNX Runtime would run it "
+                                     "on CPU instead (set require_gpu: false to allow that)")
+        except ModelLoadError:
+            ort_providers.release(self._plan, budget)
+            raise
         except Exception as exc:  # ORT raises several unrelated types for bad files
+            ort_providers.release(self._plan, budget)
             raise ModelLoadError(f"cannot load model {path}: {_first_line(exc)}") from exc
         inp = self._session.get_inputs()[0]
         self._input = TensorSpec(inp.name, tuple(inp.shape))
@@ -72,3 +87,4 @@ class OnnxRuntimeBackend(InferenceBackend):
 
     def close(self) -> None:
         self._session = None  # type: ignore[assignment]
+        ort_providers.release(self._plan, self._budget)
