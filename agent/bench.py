@@ -20,13 +20,14 @@ from agent.config import validate_config
 from agent.demo.clips import write_clip
 from agent.demo.scene import SceneGenerator
 from agent.runtime import Runtime
-from engines import DetectorConfig, load_detector
+from engines import DetectorConfig, GpuResources, load_detector
 
 STAGES = ("decode", "capture_age", "pre", "infer", "post", "store")
 
 
-def _engine_fps(model_config: DetectorConfig, batch: int, seconds: float) -> tuple[float, dict]:
-    detector = load_detector(model_config)
+def engine_fps(model_config: DetectorConfig, batch: int, seconds: float,
+                gpu: GpuResources | None = None) -> tuple[float, dict]:
+    detector = load_detector(model_config, gpu)
     batch = min(batch, detector.max_batch)
     frames = [SceneGenerator(seed=i).next_frame()[0] for i in range(batch)]
     prepared = detector.preprocess(frames)
@@ -39,7 +40,8 @@ def _engine_fps(model_config: DetectorConfig, batch: int, seconds: float) -> tup
         detector.infer(prepared)
         times.append(time.monotonic() - t0)
     info = {"model": detector.info.model_path, "input": [detector.input_h, detector.input_w],
-            "layout": detector.info.layout, "batch": batch, "providers": list(detector.info.providers)}
+            "layout": detector.info.layout, "batch": batch, "providers": list(detector.info.providers),
+            "backend": detector.info.backend, "precision": detector.info.precision}
     detector.close()
     return batch * len(times) / sum(times), info
 
@@ -90,9 +92,26 @@ def _pipeline(model_config: DetectorConfig, cameras: int, seconds: float, workdi
     }
 
 
-def run_bench(model: str, cameras: int, seconds: float, threads: int = 0) -> dict:
-    model_config = DetectorConfig(path=model, engine={"intra_op_threads": threads})
-    engine_fps, info = _engine_fps(model_config, cameras, seconds)
+ENGINES = {
+    "onnxruntime-cpu": {"type": "onnxruntime", "providers": ["CPUExecutionProvider"]},
+    "onnxruntime-cuda": {"type": "onnxruntime", "providers": ["CUDAExecutionProvider"]},
+    "onnxruntime-tensorrt": {"type": "onnxruntime", "providers": ["TensorrtExecutionProvider"]},
+    "tensorrt": {"type": "tensorrt"},
+}
+
+
+def engine_config(engine: str, threads: int = 0) -> dict:
+    """The `model.engine` section for a named engine choice (`--engine`)."""
+    settings = dict(ENGINES[engine])
+    if settings["type"] == "onnxruntime":
+        settings["intra_op_threads"] = threads
+    return settings
+
+
+def run_bench(model: str, cameras: int, seconds: float, threads: int = 0, engine: str = "onnxruntime-cpu",
+              gpu: GpuResources | None = None) -> dict:
+    model_config = DetectorConfig(path=model, engine=engine_config(engine, threads))
+    fps, info = engine_fps(model_config, cameras, seconds, gpu)
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
         pipeline = _pipeline(model_config, cameras, seconds, Path(tmp))
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -101,9 +120,9 @@ def run_bench(model: str, cameras: int, seconds: float, threads: int = 0) -> dic
         **info,
         "cameras": cameras,
         "seconds": seconds,
-        "engine_fps": round(engine_fps, 2),
+        "engine_fps": round(fps, 2),
         "pipeline_fps": round(pipeline_fps, 2),
-        "ratio": round(pipeline_fps / engine_fps, 3),
+        "ratio": round(pipeline_fps / fps, 3),
         **pipeline,
         "peak_rss_mb": round(peak_rss_mb, 1),
     }

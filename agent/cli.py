@@ -365,8 +365,10 @@ def cmd_fleet_config(args: argparse.Namespace) -> int:
 # -- bench ----------------------------------------------------------------------------
 def cmd_bench(args: argparse.Namespace) -> int:
     from agent.bench import run_bench
+    from engines import GpuResources
 
-    report = run_bench(args.model, args.cameras, args.seconds, args.threads)
+    report = run_bench(args.model, args.cameras, args.seconds, args.threads, args.engine,
+                       GpuResources(args.gpu_budget_mb))
     if args.json:
         print(json.dumps(report))
     else:
@@ -482,7 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_fleet_config)
 
     s = sub.add_parser("bench", help="bare engine vs full pipeline throughput")
-    s.add_argument("--model", default="demo")
+    s.add_argument("--model", default="demo", help="ONNX file (FP32 or INT8), or 'demo'")
+    s.add_argument("--engine", default="onnxruntime-cpu",
+                   choices=["onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt"])
+    s.add_argument("--gpu-budget-mb", type=int, default=1024, help="GPU memory budget for GPU engines")
     s.add_argument("--cameras", type=int, default=1)
     s.add_argument("--seconds", type=float, default=20.0)
     s.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: default)")

@@ -1,4 +1,4 @@
-"""`edge-agent models ...`: model tools run on the device (INT8 quantization)."""
+"""`edge-agent models ...` and `selftest`: model tools run on the device."""
 
 from __future__ import annotations
 
@@ -49,6 +49,25 @@ def cmd_models_quantize(args: argparse.Namespace) -> int:
     return 0 if gate.passed else 1
 
 
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from agent.cli import _config_or_exit
+    from agent.selftest import format_results, run_selftest
+    from engines import GpuResources
+
+    config = _config_or_exit(args.config)
+    gpu = GpuResources(config.gpu.memory_budget_mb, config.gpu.device_id)
+    cache = config.model.engine.cache_dir if config.model.engine.type == "tensorrt" else \
+        config.storage.path / "engines"
+    results = run_selftest(gpu, Path(cache).expanduser())
+    if args.json:
+        print(json.dumps({"engines": [asdict(r) for r in results], "gpu_memory": gpu.report()}))
+    else:
+        print(format_results(results, gpu))
+    return 1 if any(r.status == "FAIL" for r in results) else 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("models", help="model tools: INT8 quantization with an accuracy check")
     models = s.add_subparsers(dest="models_command", required=True)
@@ -70,3 +89,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--config", type=Path, help="agent config: cameras, model labels/input size")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_models_quantize)
+
+    s = sub.add_parser("selftest", help="run the demo model through every engine here and compare with CPU FP32")
+    s.add_argument("--config", type=Path, help="agent config (gpu budget, engine cache)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_selftest)

@@ -11,6 +11,7 @@ from engines.backend import InferenceBackend, TensorSpec
 from engines.config import OnnxRuntimeConfig
 from engines.errors import BackendUnavailable, ModelLoadError
 from engines.gpu_budget import GpuMemoryBudget
+from engines.quantize import QUANTIZATION_KEY
 
 
 def _first_line(exc: BaseException) -> str:
@@ -29,10 +30,9 @@ class OnnxRuntimeBackend(InferenceBackend):
         available = ort.get_available_providers()
         missing = [p for p in config.providers if p not in available]
         if missing:
-            raise BackendUnavailable(
-                f"execution provider(s) {', '.join(missing)} not available in this onnxruntime "
-                f"(available: {', '.join(available)})"
-            )
+            short = ", ".join(p.removesuffix("ExecutionProvider") for p in available)
+            raise BackendUnavailable(f"{', '.join(missing)} is not in this onnxruntime build (it has {short}); "
+                                     "a GPU needs onnxruntime-gpu")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = config.intra_op_threads
@@ -63,7 +63,7 @@ class OnnxRuntimeBackend(InferenceBackend):
         self._outputs = [TensorSpec(o.name, tuple(o.shape)) for o in self._session.get_outputs()]
         self._output_names = [o.name for o in self._outputs]
         self._metadata = dict(self._session.get_modelmeta().custom_metadata_map)
-        self.precision = "fp16" if self._input_fp16 else "fp32"
+        self.precision = "int8" if QUANTIZATION_KEY in self._metadata else "fp16" if self._input_fp16 else "fp32"
 
     @property
     def input(self) -> TensorSpec:

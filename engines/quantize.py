@@ -14,6 +14,7 @@ real frames; there is no calibration-free mode.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import sys
@@ -34,6 +35,7 @@ CalibrationName = Literal["entropy", "percentile", "minmax"]
 TARGETS: tuple[str, ...] = ("cpu", "tensorrt")
 METHODS: tuple[str, ...] = ("entropy", "percentile", "minmax")
 MIN_CALIBRATION_FRAMES = 8
+QUANTIZATION_KEY = "edge_agent_quantization"  # metadata key: how an INT8 model was made
 
 
 class QuantizationError(Exception):
@@ -99,6 +101,17 @@ def _count_quantized_convs(path: Path) -> tuple[int, int]:
     return quantized, len(convs)
 
 
+def _stamp(path: Path, provenance: dict) -> None:
+    """Record how the model was made in its metadata; backends report it as `int8` precision."""
+    import onnx
+
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props}
+    props[QUANTIZATION_KEY] = json.dumps(provenance, separators=(",", ":"))
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+
+
 def quantize_model(src: Path, dst: Path, input_name: str, tensors: Iterable[np.ndarray],
                    target: str = "cpu", method: str = "entropy") -> QuantizedModel:
     """Write an INT8 QDQ copy of `src` to `dst`, calibrated on `tensors` (pre-processed model inputs)."""
@@ -138,6 +151,8 @@ def quantize_model(src: Path, dst: Path, input_name: str, tensors: Iterable[np.n
             raise QuantizationError(
                 f"{method} calibration failed: {exc}; try another --method ({', '.join(METHODS)})") from exc
         quantized, total = _count_quantized_convs(out_tmp)
+        _stamp(out_tmp, {"target": target, "method": method, "calibration_frames": len(calibration),
+                         "quantized_convs": quantized, "total_convs": total})
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(out_tmp, dst)
     return QuantizedModel(dst, target, method, len(calibration), len(head.nodes), head.output_convs,

@@ -82,6 +82,7 @@ def test_demo_int8_keeps_head_float_and_is_accepted_on_ground_truth(calib_clip: 
     graph = onnx.load(str(out)).graph
     assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 10
     int8 = load_detector(DetectorConfig(path=str(out)))
+    assert int8.info.precision == "int8" and "edge_agent_quantization" in int8.backend.metadata
     fp32 = load_detector(DetectorConfig())
     held = frames.holdout[:8]
     agreement = against_fp32(predictions(fp32, held), predictions(int8, held), fp32.score_threshold)
