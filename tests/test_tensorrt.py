@@ -128,6 +128,13 @@ def test_detections_match_onnxruntime_and_the_plan_is_cached(fake_trt, tmp_path:
     assert again == []  # loaded from the cache, not rebuilt
 
 
+def test_dla_on_a_device_without_one_builds_for_the_gpu(fake_trt, tmp_path: Path) -> None:
+    progress: list[str] = []
+    det = load_detector(_trt_config(tmp_path, dla_core=0), fake_trt(), progress.append)
+    assert any("no DLA core 0" in p for p in progress) and det.backend._engine.header["dla_core"] is None
+    det.close()
+
+
 def test_a_corrupt_cached_plan_is_rebuilt(fake_trt, tmp_path: Path) -> None:
     gpu = fake_trt()
     first = load_detector(_trt_config(tmp_path), gpu)

@@ -95,7 +95,10 @@ def run_build(job: BuildJob, report: Callable[[str], None]) -> None:
         config.set_flag(trt.BuilderFlag.FP16)
     elif precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
-    if job.key.dla_core is not None:
+    if job.key.dla_core is not None and job.key.dla_core >= builder.num_DLA_cores:
+        report(f"no DLA core {job.key.dla_core} on this device ({builder.num_DLA_cores} DLA cores); "
+               "building for the GPU")
+    elif job.key.dla_core is not None:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = job.key.dla_core
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
