@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import shutil
 import sys
 import tempfile
@@ -27,8 +26,6 @@ from typing import Literal
 import numpy as np
 
 from engines.float_head import find_float_head
-
-log = logging.getLogger(__name__)
 
 QuantTarget = Literal["cpu", "tensorrt"]
 CalibrationName = Literal["entropy", "percentile", "minmax"]
@@ -70,13 +67,14 @@ class _TensorReader:
 
 
 def _pre_process(src: Path, dst: Path) -> None:
+    """ONNX shape inference and graph folding; symbolic inference is skipped.
+
+    ONNX Runtime recommends symbolic inference for transformers, not CNNs, and when it gives up
+    on a dynamic shape it leaves `sym_shape_infer_temp.onnx` and its data in the working directory.
+    """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    try:
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
-    except Exception as exc:  # symbolic inference gives up on some dynamic shapes; ONNX inference still runs
-        log.info("symbolic shape inference failed (%s); using ONNX shape inference only", exc)
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+    quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
 
 
 def _settings(target: str) -> dict:

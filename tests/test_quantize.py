@@ -90,11 +90,15 @@ def test_demo_int8_keeps_head_float_and_is_accepted_on_ground_truth(calib_clip: 
     assert not list(tmp_path.glob(".*candidate"))
 
 
-def test_tensorrt_target_is_symmetric_s8(calib_clip: Path, tmp_path: Path) -> None:
+def test_tensorrt_target_is_symmetric_s8(calib_clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     frames = sample_frames(str(calib_clip), 16, 8, validate_config({}))
     out = tmp_path / "demo.trt.onnx"
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)  # the service's working directory must stay clean
     result = quantize_with_gate(DetectorConfig(), frames, out, "tensorrt", "minmax", 100.0, 0.0)
     assert result.written == out
+    assert list(workdir.iterdir()) == []
     model = onnx.load(str(out))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     q_nodes = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
