@@ -21,6 +21,7 @@ from agent.demo.clips import write_clip
 from agent.demo.scene import SceneGenerator
 from agent.runtime import Runtime
 from engines import DetectorConfig, GpuResources, load_detector
+from engines.config import ENGINE_PRESETS
 
 STAGES = ("decode", "capture_age", "pre", "infer", "post", "store")
 
@@ -92,17 +93,9 @@ def _pipeline(model_config: DetectorConfig, cameras: int, seconds: float, workdi
     }
 
 
-ENGINES = {
-    "onnxruntime-cpu": {"type": "onnxruntime", "providers": ["CPUExecutionProvider"]},
-    "onnxruntime-cuda": {"type": "onnxruntime", "providers": ["CUDAExecutionProvider"]},
-    "onnxruntime-tensorrt": {"type": "onnxruntime", "providers": ["TensorrtExecutionProvider"]},
-    "tensorrt": {"type": "tensorrt"},
-}
-
-
 def engine_config(engine: str, threads: int = 0) -> dict:
     """The `model.engine` section for a named engine choice (`--engine`)."""
-    settings = dict(ENGINES[engine])
+    settings = dict(ENGINE_PRESETS[engine])
     if settings["type"] == "onnxruntime":
         settings["intra_op_threads"] = threads
     return settings

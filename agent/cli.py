@@ -12,6 +12,8 @@ from pathlib import Path
 
 from agent import __version__
 from agent.config import AgentConfig, ConfigError, load_config
+from engines.config import ENGINE_PRESETS
+from engines.gpu import DEFAULT_BUDGET_MB
 
 log = logging.getLogger("edge-agent")
 
@@ -485,9 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="bare engine vs full pipeline throughput")
     s.add_argument("--model", default="demo", help="ONNX file (FP32 or INT8), or 'demo'")
-    s.add_argument("--engine", default="onnxruntime-cpu",
-                   choices=["onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt"])
-    s.add_argument("--gpu-budget-mb", type=int, default=1024, help="GPU memory budget for GPU engines")
+    s.add_argument("--engine", default="onnxruntime-cpu", choices=list(ENGINE_PRESETS))
+    s.add_argument("--gpu-budget-mb", type=int, default=DEFAULT_BUDGET_MB, help="GPU memory budget for GPU engines")
     s.add_argument("--cameras", type=int, default=1)
     s.add_argument("--seconds", type=float, default=20.0)
     s.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: default)")

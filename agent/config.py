@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agent.sources import Source, parse_source
 from engines.config import DetectorConfig
+from engines.gpu import DEFAULT_BUDGET_MB
 
 TOP_LEVEL = "(top level)"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # safe in MQTT topics and file names
@@ -154,7 +155,7 @@ class TelemetryConfig(_Strict):
 
 
 class GpuConfig(_Strict):
-    memory_budget_mb: int = Field(1024, ge=64, le=1 << 20,
+    memory_budget_mb: int = Field(DEFAULT_BUDGET_MB, ge=64, le=1 << 20,
                                   description="GPU memory the engines may use, never exceeded")
     device_id: int = Field(0, ge=0, le=15)
 

@@ -19,6 +19,7 @@ from agent.demo.scene import SceneGenerator
 from agent.model_quantize import calibration_tensors, predictions
 from engines import BackendUnavailable, DetectorConfig, GpuResources, ModelError, load_detector
 from engines.accuracy_gate import against_fp32
+from engines.config import ENGINE_PRESETS
 from engines.gpu_budget import MIB
 from engines.quantize import QuantizationError, quantize_model
 
@@ -38,16 +39,15 @@ class EngineResult:
 
 
 def _variants(int8_cpu: Path | None, int8_trt: Path | None) -> list[tuple[str, dict]]:
-    cpu = {"type": "onnxruntime", "providers": ["CPUExecutionProvider"]}
-    cuda = {"type": "onnxruntime", "providers": ["CUDAExecutionProvider"]}
-    ort_trt = {"type": "onnxruntime", "providers": ["TensorrtExecutionProvider"]}
-    out = [("onnxruntime-cpu int8", {"path": int8_cpu, "engine": cpu}),
-           ("onnxruntime-cuda fp32", {"engine": cuda}),
-           ("onnxruntime-tensorrt fp16", {"engine": ort_trt}),
-           ("onnxruntime-tensorrt int8", {"path": int8_trt, "engine": {**ort_trt, "tensorrt": {"int8": True}}}),
-           ("tensorrt fp16", {"engine": {"type": "tensorrt"}}),
-           ("tensorrt int8", {"path": int8_trt, "engine": {"type": "tensorrt"}})]
-    return out
+    """(row name, DetectorConfig settings) for every engine after the CPU FP32 reference."""
+    preset = ENGINE_PRESETS
+    ort_trt_int8 = {**preset["onnxruntime-tensorrt"], "tensorrt": {"int8": True}}
+    return [("onnxruntime-cpu int8", {"path": int8_cpu, "engine": preset["onnxruntime-cpu"]}),
+            ("onnxruntime-cuda fp32", {"engine": preset["onnxruntime-cuda"]}),
+            ("onnxruntime-tensorrt fp16", {"engine": preset["onnxruntime-tensorrt"]}),
+            ("onnxruntime-tensorrt int8", {"path": int8_trt, "engine": ort_trt_int8}),
+            ("tensorrt fp16", {"engine": preset["tensorrt"]}),
+            ("tensorrt int8", {"path": int8_trt, "engine": preset["tensorrt"]})]
 
 
 def _time_and_score(config: DetectorConfig, gpu: GpuResources, frames: list, reference: list,

@@ -20,22 +20,25 @@ class TensorSpec:
 
 
 class InferenceBackend(ABC):
-    """One loaded model on one runtime."""
+    """One loaded model on one runtime; a backend sets `_input`, `_outputs` and `_metadata` when it loads."""
 
     name: str
     precision: str = "fp32"
+    _input: TensorSpec
+    _outputs: list[TensorSpec]
+    _metadata: dict[str, str]
 
     @property
-    @abstractmethod
-    def input(self) -> TensorSpec: ...
+    def input(self) -> TensorSpec:
+        return self._input
 
     @property
-    @abstractmethod
-    def outputs(self) -> list[TensorSpec]: ...
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
 
     @property
-    @abstractmethod
-    def metadata(self) -> dict[str, str]: ...
+    def metadata(self) -> dict[str, str]:
+        return self._metadata
 
     @property
     @abstractmethod

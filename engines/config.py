@@ -91,6 +91,14 @@ def _engine_type(value: Any) -> str | None:
     return getattr(value, "type", None)
 
 
+# Named engine choices for `bench --engine` and `selftest`: one table, so both mean the same thing.
+ENGINE_PRESETS: dict[str, dict[str, Any]] = {
+    "onnxruntime-cpu": {"type": "onnxruntime", "providers": ["CPUExecutionProvider"]},
+    "onnxruntime-cuda": {"type": "onnxruntime", "providers": ["CUDAExecutionProvider"]},
+    "onnxruntime-tensorrt": {"type": "onnxruntime", "providers": ["TensorrtExecutionProvider"]},
+    "tensorrt": {"type": "tensorrt"},
+}
+
 EngineConfig = Annotated[
     Annotated[OnnxRuntimeConfig, Tag("onnxruntime")] | Annotated[TensorRTConfig, Tag("tensorrt")],
     Discriminator(_engine_type),

@@ -46,7 +46,8 @@ def file_sha256(path: Path) -> str:
 class Detector:
     """A loaded detection model; not thread-safe (one inference worker owns it)."""
 
-    def __init__(self, backend: InferenceBackend, config: DetectorConfig, model_path: Path) -> None:
+    def __init__(self, backend: InferenceBackend, config: DetectorConfig, model_path: Path,
+                 model_sha256: str) -> None:
         self.backend = backend
         self.score_threshold = config.score_threshold
         self.iou_threshold = config.iou_threshold
@@ -70,7 +71,7 @@ class Detector:
         self.labels = pad_labels(names, num_classes)
         self._writer = LetterboxWriter(self.max_batch, self.input_h, self.input_w)
         self.info = EngineInfo(
-            backend=backend.name, model_path=path, model_sha256=file_sha256(model_path),
+            backend=backend.name, model_path=path, model_sha256=model_sha256,
             input_name=backend.input.name, input_height=self.input_h, input_width=self.input_w,
             max_batch=self.max_batch, layout=self.layout.value, labels=tuple(self.labels),
             precision=backend.precision, providers=backend.providers,
@@ -129,18 +130,16 @@ class Detector:
         self.backend.close()
 
 
-def _open_backend(config: DetectorConfig, path: Path, gpu: GpuResources | None,
+def _open_backend(config: DetectorConfig, path: Path, sha256: str, gpu: GpuResources | None,
                   on_progress: Callable[[str], None] | None) -> InferenceBackend:
     engine = config.engine
     if isinstance(engine, OnnxRuntimeConfig):
         return OnnxRuntimeBackend(path, engine, gpu.budget if gpu else None)
     if gpu is None:
         raise ModelLoadError(f"{path}: the tensorrt engine needs a GPU budget (gpu.memory_budget_mb)")
-    if not path.is_file():
-        raise ModelLoadError(f"model file not found: {path}")
     from engines.tensorrt.backend import TensorRTBackend
 
-    return TensorRTBackend(path, engine, gpu.trt_host(), file_sha256(path), config.max_batch,
+    return TensorRTBackend(path, engine, gpu.trt_host(), sha256, config.max_batch,
                            config.input_size, on_progress)
 
 
@@ -152,9 +151,15 @@ def load_detector(config: DetectorConfig, gpu: GpuResources | None = None,
     `on_progress` hears TensorRT build phases (builds take minutes on a Jetson).
     """
     path = resolve_model_path(config.path)
-    backend = _open_backend(config, path, gpu, on_progress)
     try:
-        return Detector(backend, config, path)
+        sha256 = file_sha256(path)  # also the plan cache's key: read the file once
+    except FileNotFoundError:
+        raise ModelLoadError(f"model file not found: {path}") from None
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read model {path}: {exc}") from exc
+    backend = _open_backend(config, path, sha256, gpu, on_progress)
+    try:
+        return Detector(backend, config, path, sha256)
     except Exception:
         backend.close()
         raise

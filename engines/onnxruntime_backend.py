@@ -66,18 +66,6 @@ class OnnxRuntimeBackend(InferenceBackend):
         self.precision = "int8" if QUANTIZATION_KEY in self._metadata else "fp16" if self._input_fp16 else "fp32"
 
     @property
-    def input(self) -> TensorSpec:
-        return self._input
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
-
-    @property
-    def metadata(self) -> dict[str, str]:
-        return self._metadata
-
-    @property
     def providers(self) -> tuple[str, ...]:
         return tuple(self._session.get_providers())
 

@@ -184,18 +184,6 @@ class TensorRTBackend(InferenceBackend):
 
     # -- InferenceBackend -----------------------------------------------------------
     @property
-    def input(self) -> TensorSpec:
-        return self._input
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
-
-    @property
-    def metadata(self) -> dict[str, str]:
-        return self._metadata
-
-    @property
     def providers(self) -> tuple[str, ...]:
         return (f"TensorRT {self._host.features.text}", self._host.gpu_name)
 
