@@ -175,6 +175,8 @@ class TensorRTBackend(InferenceBackend):
             if name != input_name:
                 self._outputs.append(TensorSpec(name, (None, *dims[1:])))
         self._io = {name: (device, host_ptr, view) for name, device, host_ptr, view in self._buffers}
+        for name, device, _, _ in self._buffers:  # fixed for the engine's life: bound once, not per frame
+            self._context.set_tensor_address(name, device)
 
     def _bind_arena(self, ptr: int, size: int) -> None:
         if self._host.features.device_memory_v2:
@@ -195,8 +197,6 @@ class TensorRTBackend(InferenceBackend):
             np.copyto(in_view[:n], batch, casting="same_kind")
             cuda.copy_htod_async(in_dev, in_host, in_view[:n].nbytes, stream)
             self._context.set_input_shape(self._input.name, batch.shape)
-            for name, device, _, _ in self._buffers:
-                self._context.set_tensor_address(name, device)
             if not self._context.execute_async_v3(stream):
                 raise RuntimeError("TensorRT execute_async_v3 failed")
             results = []
