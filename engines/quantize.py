@@ -7,7 +7,8 @@ Targets differ (measured with ONNX Runtime 1.32 on an AVX-512 VNNI CPU):
   point 0), as TensorRT's explicit quantization requires.
 
 Both are pre-processed with `quant_pre_process` (shape inference, folding) and
-keep the detection head in float (`engines.float_head`). Calibration needs
+keep the detection head in float (`engines.float_head`); for `cpu`, SiLU is
+fused into one op first (`engines.silu_fusion`). Calibration needs
 real frames; there is no calibration-free mode.
 """
 
@@ -26,6 +27,7 @@ from typing import Literal
 import numpy as np
 
 from engines.float_head import find_float_head
+from engines.silu_fusion import fuse_silu
 
 QuantTarget = Literal["cpu", "tensorrt"]
 CalibrationName = Literal["entropy", "percentile", "minmax"]
@@ -128,7 +130,11 @@ def quantize_model(src: Path, dst: Path, input_name: str, tensors: Iterable[np.n
         prepared = Path(tmp) / "prepared.onnx"
         try:
             _pre_process(src, prepared)
-            head = find_float_head(onnx.load(str(prepared)))
+            graph = onnx.load(str(prepared))
+            fused = fuse_silu(graph) if target == "cpu" else 0
+            if fused:
+                onnx.save(graph, str(prepared))
+            head = find_float_head(graph)
         except ValueError as exc:
             raise QuantizationError(f"{src}: {exc}") from exc
         except Exception as exc:
@@ -150,7 +156,7 @@ def quantize_model(src: Path, dst: Path, input_name: str, tensors: Iterable[np.n
                 f"{method} calibration failed: {exc}; try another --method ({', '.join(METHODS)})") from exc
         quantized, total = _count_quantized_convs(out_tmp)
         _stamp(out_tmp, {"target": target, "method": method, "calibration_frames": len(calibration),
-                         "quantized_convs": quantized, "total_convs": total})
+                         "quantized_convs": quantized, "total_convs": total, "fused_silu": fused})
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(out_tmp, dst)
     return QuantizedModel(dst, target, method, len(calibration), len(head.nodes), head.output_convs,

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -21,6 +22,7 @@ from engines import DEMO_MODEL_PATH, DetectorConfig, load_detector
 from engines.accuracy_gate import against_fp32, against_ground_truth
 from engines.float_head import find_float_head
 from engines.quantize import QuantizationError, quantize_model
+from engines.silu_fusion import fuse_silu
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +70,30 @@ def test_float_head_stops_at_output_convs_and_walks_through_dfl() -> None:
     assert not {"backbone", "neck", "silu_sig", "silu_mul"} & head.nodes
 
 
+def test_silu_fusion_is_exact_and_leaves_shared_sigmoids() -> None:
+    rng = np.random.default_rng(3)
+    w = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c"], ["s"], name="silu_sig"),
+             helper.make_node("Mul", ["s", "c"], ["silu"], name="silu_mul"),  # operands in either order
+             helper.make_node("Sigmoid", ["silu"], ["g"], name="gate_sig"),  # shared: also a model output
+             helper.make_node("Mul", ["silu", "g"], ["y"], name="gate_mul")]
+    graph = helper.make_graph(nodes, "silu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8]),
+                               helper.make_tensor_value_info("g", TensorProto.FLOAT, [1, 4, 8, 8])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.normal(0, 3, (1, 3, 8, 8)).astype(np.float32)
+
+    def run(m: onnx.ModelProto) -> list[np.ndarray]:
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+    expected = run(model)
+    assert fuse_silu(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["Conv", "QuickGelu", "Sigmoid", "Mul"]
+    for got, want in zip(run(model), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_demo_int8_keeps_head_float_and_is_accepted_on_ground_truth(calib_clip: Path, tmp_path: Path) -> None:
     frames = sample_frames(str(calib_clip), 48, 24, validate_config({}))
     assert frames.holdout_truth is not None and len(frames.holdout) == 24 and len(frames.calibration) == 48
@@ -81,6 +107,8 @@ def test_demo_int8_keeps_head_float_and_is_accepted_on_ground_truth(calib_clip: 
     assert result.gate.fp32_map50 > 0.9 and result.gate.drop_points <= 1.0
     graph = onnx.load(str(out)).graph
     assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 10
+    assert sum(n.op_type == "QuickGelu" for n in graph.node) == 11  # every SiLU fused: one activation each
+    assert [n.name for n in graph.node if n.op_type == "Sigmoid"] == ["/Sigmoid"]  # the float head's scores
     int8 = load_detector(DetectorConfig(path=str(out)))
     assert int8.info.precision == "int8" and "edge_agent_quantization" in int8.backend.metadata
     fp32 = load_detector(DetectorConfig())
@@ -103,6 +131,7 @@ def test_tensorrt_target_is_symmetric_s8(calib_clip: Path, tmp_path: Path, monke
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     q_nodes = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert q_nodes
+    assert not any(n.domain == "com.microsoft" for n in model.graph.node)  # TensorRT parses standard ops only
     for node in q_nodes:
         zero_point = inits[node.input[2]]
         assert zero_point.dtype == np.int8 and not zero_point.any(), node.name
