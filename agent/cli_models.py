@@ -34,7 +34,8 @@ def cmd_models_quantize(args: argparse.Namespace) -> int:
     report = {
         "model": args.model, "out": str(result.written) if result.written else None, "target": q.target,
         "method": q.method, "calibration_frames": q.calibration_frames, "float_head_nodes": q.float_nodes,
-        "float_output_convs": list(q.output_convs), "quantized_convs": q.quantized_convs,
+        "float_output_convs": list(q.output_convs), "float_stem_convs": list(q.stem_convs),
+        "quantized_convs": q.quantized_convs,
         "total_convs": q.total_convs, "fp32_bytes": result.fp32_bytes, "int8_bytes": result.int8_bytes,
         "gate": {k: v for k, v in vars(gate).items() if v is not None}, "accepted": gate.passed,
     }
@@ -42,7 +43,8 @@ def cmd_models_quantize(args: argparse.Namespace) -> int:
         print(json.dumps(report))
     else:
         print(f"quantized {q.quantized_convs} of {q.total_convs} convolutions for {q.target} ({q.method}); "
-              f"{len(q.output_convs)} output convolution(s) and the decode ({q.float_nodes} nodes) kept float")
+              f"{len(q.output_convs)} output convolution(s) and the decode ({q.float_nodes} nodes), "
+              f"{len(q.stem_convs)} stem convolution(s) kept float")
         print(f"size {result.fp32_bytes / 1e6:.2f} MB → {result.int8_bytes / 1e6:.2f} MB")
         print(gate.summary())
         print(f"wrote {result.written}" if result.written else f"nothing written to {out}")
