@@ -175,6 +175,21 @@ def test_weights_that_do_not_fit_are_refused_with_bytes(fake_trt, tmp_path: Path
     assert fake_tensorrt.CUDA.in_use == 0
 
 
+def test_a_failed_pinned_allocation_holds_nothing(fake_trt, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    model = make_constant_model(tmp_path / "m.onnx", yolov8_output([(0, 0.9, (10, 10, 50, 50))], 80))
+    gpu = fake_trt()
+
+    def no_pinned_memory(nbytes: int) -> None:
+        raise MemoryError("FAKE: cudaHostAlloc failed")
+
+    monkeypatch.setattr(fake_tensorrt.CUDA, "host_alloc", no_pinned_memory)
+    with pytest.raises(MemoryError):
+        load_detector(_trt_config(tmp_path).model_copy(update={"path": str(model)}), gpu)
+    assert fake_tensorrt.CUDA.in_use == 0  # the device buffer malloc'd just before was freed
+    assert gpu.budget.snapshot().used_bytes == 0
+
+
 def test_two_engines_share_one_arena_inside_the_budget(fake_trt, tmp_path: Path) -> None:
     gpu = fake_trt(budget_mb=128)
     big = make_constant_model(tmp_path / "square.onnx", yolov8_output([(1, 0.8, (5, 5, 60, 60))], 5),

@@ -163,20 +163,28 @@ class TensorRTBackend(InferenceBackend):
             dims = tuple(self._context.get_tensor_shape(name))
             if any(d < 0 for d in dims):
                 raise ModelLoadError(f"output {name} has an unresolved shape {dims}")
-            nbytes = int(np.prod(dims)) * dtype.itemsize
-            host.budget.reserve(nbytes, f"tensorrt:io:{self._owner}")
-            try:
-                device = host.cuda.malloc(nbytes)
-            except Exception:
-                host.budget.release(nbytes, f"tensorrt:io:{self._owner}")
-                raise
-            host_ptr, view = host.cuda.host_alloc(nbytes)
+            device, host_ptr, view = self._allocate_io(int(np.prod(dims)) * dtype.itemsize)
             self._buffers.append((name, device, host_ptr, view.view(dtype).reshape(dims)))
             if name != input_name:
                 self._outputs.append(TensorSpec(name, (None, *dims[1:])))
         self._io = {name: (device, host_ptr, view) for name, device, host_ptr, view in self._buffers}
         for name, device, _, _ in self._buffers:  # fixed for the engine's life: bound once, not per frame
             self._context.set_tensor_address(name, device)
+
+    def _allocate_io(self, nbytes: int) -> tuple[int, int, np.ndarray]:
+        """A device buffer and a pinned host buffer, counted in the budget; nothing is held if either fails."""
+        host, holder = self._host, f"tensorrt:io:{self._owner}"
+        host.budget.reserve(nbytes, holder)
+        device = None
+        try:
+            device = host.cuda.malloc(nbytes)
+            host_ptr, view = host.cuda.host_alloc(nbytes)
+        except BaseException:
+            if device is not None:
+                host.cuda.free(device)
+            host.budget.release(nbytes, holder)
+            raise
+        return device, host_ptr, view
 
     def _bind_arena(self, ptr: int, size: int) -> None:
         if self._host.features.device_memory_v2:
