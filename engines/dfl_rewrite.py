@@ -70,7 +70,7 @@ def _match(conv: onnx.NodeProto, producers: dict[str, onnx.NodeProto], consumers
         return None
     if conv.input[1] not in weights or consumers.get(softmax.output[0]) != 1:
         return None
-    weight = numpy_helper.to_array(weights[conv.input[1]]).astype(np.float32)
+    weight = numpy_helper.to_array(weights[conv.input[1]])  # its own dtype: FP16 models stay FP16
     if not _is_plain_1x1(conv, weight):
         return None
     source = producers.get(softmax.input[0])

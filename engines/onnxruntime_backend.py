@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -72,8 +74,7 @@ class OnnxRuntimeBackend(InferenceBackend):
         except ValueError as exc:
             raise ModelLoadError(f"{path}: {exc}") from exc
         try:
-            self._session = ort.InferenceSession(_session_model(path, config), options,
-                                                 providers=self._plan.providers)
+            self._session = self._create_session(ort, path, config, options)
             lost = ort_providers.fell_back(config.providers, self._session.get_providers())
             if lost and config.require_gpu:
                 raise ModelLoadError(f"{', '.join(lost)} did not take the model and ONNX Runtime would run it "
@@ -91,6 +92,17 @@ class OnnxRuntimeBackend(InferenceBackend):
         self._output_names = [o.name for o in self._outputs]
         self._metadata = dict(self._session.get_modelmeta().custom_metadata_map)
         self.precision = "int8" if QUANTIZATION_KEY in self._metadata else "fp16" if self._input_fp16 else "fp32"
+
+    def _create_session(self, ort: ModuleType, path: Path, config: OnnxRuntimeConfig, options: Any) -> Any:
+        model = _session_model(path, config)
+        if isinstance(model, str):
+            return ort.InferenceSession(model, options, providers=self._plan.providers)
+        try:
+            return ort.InferenceSession(model, options, providers=self._plan.providers)
+        except Exception as exc:  # the rewrite must never cost a model that loads as it is
+            log.warning("%s: the DFL-rewritten graph did not load (%s); loading the file as it is",
+                        path.name, _first_line(exc))
+            return ort.InferenceSession(str(path), options, providers=self._plan.providers)
 
     @property
     def providers(self) -> tuple[str, ...]:

@@ -99,11 +99,19 @@ def _settings(target: str) -> dict:
 
 
 def _stem_convs(model: onnx.ModelProto) -> tuple[str, ...]:
-    """Convolutions fed straight by a model input with at most 4 channels: the image."""
+    """Ungrouped convolutions fed straight by a model input with at most 4 channels: the image.
+
+    A stem behind in-graph normalisation (Cast, Sub, Div) is not recognised and is quantized.
+    """
     inputs = {i.name for i in model.graph.input}
     shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
-    return tuple(sorted(n.name for n in model.graph.node if n.op_type == "Conv" and n.input[0] in inputs
-                        and len(shapes.get(n.input[1], ())) == 4 and shapes[n.input[1]][1] <= _STEM_CHANNELS))
+
+    def is_stem(node: onnx.NodeProto) -> bool:
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        shape = shapes.get(node.input[1], ())
+        return node.input[0] in inputs and group == 1 and len(shape) == 4 and shape[1] <= _STEM_CHANNELS
+
+    return tuple(sorted(n.name for n in model.graph.node if n.op_type == "Conv" and is_stem(n)))
 
 
 def _count_quantized_convs(path: Path) -> tuple[int, int]:

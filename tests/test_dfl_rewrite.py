@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from engines.config import OnnxRuntimeConfig
 from engines.dfl_rewrite import rewrite_dfl
@@ -20,15 +20,16 @@ BINS = 16
 
 
 def dfl_model(opset: int = 17, transpose: bool = True, bias: bool = False, softmax_also_output: bool = False,
-              weights: np.ndarray | None = None) -> onnx.ModelProto:
+              weights: np.ndarray | None = None, dtype: type = np.float32) -> onnx.ModelProto:
     """Ultralytics' DFL: box logits [1, 64, A] → [1, 4, 16, A] → transpose → Softmax(1) → 1×1 Conv → [1, 4, A]."""
-    w = np.arange(BINS, dtype=np.float32) if weights is None else weights
+    w = np.arange(BINS, dtype=dtype) if weights is None else weights.astype(dtype)
+    elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     inits = [numpy_helper.from_array(w.reshape(1, BINS, 1, 1), "dfl.w"),
              numpy_helper.from_array(np.array([1, 4, BINS, ANCHORS], np.int64), "bins_shape"),
              numpy_helper.from_array(np.array([1, 4, ANCHORS], np.int64), "dist_shape")]
     conv_inputs = ["bins_sm", "dfl.w"]
     if bias:
-        inits.append(numpy_helper.from_array(np.array([0.25], np.float32), "dfl.b"))
+        inits.append(numpy_helper.from_array(np.array([0.25], dtype), "dfl.b"))
         conv_inputs.append("dfl.b")
     if transpose:
         nodes = [helper.make_node("Reshape", ["box", "bins_shape"], ["bins"], name="bins_reshape"),
@@ -40,11 +41,11 @@ def dfl_model(opset: int = 17, transpose: bool = True, bias: bool = False, softm
                  helper.make_node("Softmax", ["bins"], ["bins_sm"], name="dfl_softmax", axis=1)]
     nodes += [helper.make_node("Conv", conv_inputs, ["dist"], name="dfl_conv"),
               helper.make_node("Reshape", ["dist", "dist_shape"], ["output0"], name="dist_reshape")]
-    outputs = [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 4, ANCHORS])]
+    outputs = [helper.make_tensor_value_info("output0", elem, [1, 4, ANCHORS])]
     if softmax_also_output:
-        outputs.append(helper.make_tensor_value_info("bins_sm", TensorProto.FLOAT, [1, BINS, 4, ANCHORS]))
-    graph = helper.make_graph(nodes, "dfl", [helper.make_tensor_value_info("box", TensorProto.FLOAT,
-                                                                           [1, 4 * BINS, ANCHORS])], outputs, inits)
+        outputs.append(helper.make_tensor_value_info("bins_sm", elem, [1, BINS, 4, ANCHORS]))
+    graph = helper.make_graph(nodes, "dfl", [helper.make_tensor_value_info("box", elem, [1, 4 * BINS, ANCHORS])],
+                              outputs, inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
@@ -86,6 +87,32 @@ def test_rewrite_keeps_conv_bias_and_any_bin_weights(logits: np.ndarray) -> None
     np.testing.assert_allclose(_run(model, logits), expected, rtol=1e-5, atol=1e-4)
 
 
+def test_rewrite_follows_a_permutation_that_is_not_its_own_inverse(logits: np.ndarray) -> None:
+    """Bins last before the transpose: [1, 4, A, 16] → perm [0, 3, 1, 2] → [1, 16, 4, A]."""
+    model = dfl_model()
+    nodes = model.graph.node
+    shape = next(i for i in model.graph.initializer if i.name == "bins_shape")
+    shape.CopyFrom(numpy_helper.from_array(np.array([1, 4, ANCHORS, BINS], np.int64), "bins_shape"))
+    transpose = next(n for n in nodes if n.op_type == "Transpose")
+    transpose.attribute[0].CopyFrom(helper.make_attribute("perm", [0, 3, 1, 2]))
+    x = logits.reshape(1, 4, BINS, ANCHORS).transpose(0, 1, 3, 2).reshape(1, 4 * BINS, ANCHORS).copy()
+    expected = _run(model, x)
+    assert rewrite_dfl(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    np.testing.assert_allclose(_run(model, x), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_fp16_model_stays_fp16(logits: np.ndarray) -> None:
+    model = dfl_model(dtype=np.float16)
+    x = logits.astype(np.float16)
+    expected = _run(model, x)
+    assert rewrite_dfl(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    got = _run(model, x)
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got.astype(np.float32), expected.astype(np.float32), rtol=2e-2, atol=2e-2)
+
+
 def test_patterns_it_must_not_touch() -> None:
     shared = dfl_model(softmax_also_output=True)  # the softmax is used elsewhere too
     before = shared.SerializeToString()
@@ -107,3 +134,19 @@ def test_onnxruntime_backend_runs_the_rewritten_graph_with_the_same_result(
     assert not caplog.records
     np.testing.assert_allclose(fast.infer(logits)[0], plain.infer(logits)[0], rtol=1e-5, atol=1e-4)
     assert onnx.load(str(path)).SerializeToString() == dfl_model().SerializeToString()  # the file is untouched
+
+
+def test_a_rewritten_graph_onnxruntime_rejects_falls_back_to_the_file(
+        tmp_path: Path, logits: np.ndarray, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "dfl.onnx"
+    onnx.save(dfl_model(), str(path))
+
+    def broken_rewrite(model: onnx.ModelProto) -> int:  # stands in for a rewrite bug
+        model.graph.node.append(helper.make_node("NoSuchOp", ["box"], ["junk"], name="junk"))
+        return 1
+
+    monkeypatch.setattr("engines.onnxruntime_backend.rewrite_dfl", broken_rewrite)
+    with caplog.at_level(logging.WARNING, logger="engines.onnxruntime_backend"):
+        backend = OnnxRuntimeBackend(path, OnnxRuntimeConfig())
+    assert any("did not load" in r.getMessage() for r in caplog.records)
+    np.testing.assert_allclose(backend.infer(logits)[0], _run(dfl_model(), logits), rtol=1e-6)

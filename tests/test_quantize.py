@@ -94,6 +94,22 @@ def test_silu_fusion_is_exact_and_leaves_shared_sigmoids() -> None:
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_stem_is_the_ungrouped_conv_over_the_image_channels() -> None:
+    from engines.quantize import _stem_convs
+
+    inits = [numpy_helper.from_array(np.zeros((16, 3, 3, 3), np.float32), "stem.w"),
+             numpy_helper.from_array(np.zeros((3, 1, 3, 3), np.float32), "dw.w"),
+             numpy_helper.from_array(np.zeros((8, 16, 1, 1), np.float32), "next.w")]
+    nodes = [helper.make_node("Conv", ["images", "stem.w"], ["a"], name="stem", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["images", "dw.w"], ["b"], name="depthwise", group=3, pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["a", "next.w"], ["c"], name="next")]
+    graph = helper.make_graph(nodes, "stems", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
+                                                                             [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("b", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("c", TensorProto.FLOAT, None)], inits)
+    assert _stem_convs(helper.make_model(graph)) == ("stem",)
+
+
 def test_demo_int8_keeps_head_float_and_is_accepted_on_ground_truth(calib_clip: Path, tmp_path: Path) -> None:
     frames = sample_frames(str(calib_clip), 48, 24, validate_config({}))
     assert frames.holdout_truth is not None and len(frames.holdout) == 24 and len(frames.calibration) == 48

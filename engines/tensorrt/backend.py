@@ -180,9 +180,11 @@ class TensorRTBackend(InferenceBackend):
             device = host.cuda.malloc(nbytes)
             host_ptr, view = host.cuda.host_alloc(nbytes)
         except BaseException:
-            if device is not None:
-                host.cuda.free(device)
-            host.budget.release(nbytes, holder)
+            try:
+                if device is not None:
+                    host.cuda.free(device)
+            finally:
+                host.budget.release(nbytes, holder)
             raise
         return device, host_ptr, view
 
