@@ -6,7 +6,8 @@ two passes over every activation, which took 26% of an INT8 YOLOv8n inference
 on a 2-core AVX-512 CPU against 5% for the fused float op in FP32. Fused first
 into `com.microsoft.QuickGelu` (alpha 1: exactly SiLU), the quantizer leaves
 it float between one dequantize and one quantize, which ran the whole INT8
-model 6% faster (ONNX Runtime 1.32) and quantizes one activation instead of two.
+model about 6% faster at one thread and the same at two (ONNX Runtime 1.32), and
+quantizes one activation instead of two.
 
 Only for ONNX Runtime: QuickGelu is a Microsoft contrib op that TensorRT's
 parser does not know, so `--target tensorrt` keeps Sigmoid + Mul (TensorRT
