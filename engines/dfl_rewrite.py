@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from engines.onnx_graph import attribute, producers, use_counts
+
 _MIN_OPSET = 13  # before 13, Softmax(axis=1) normalised over all trailing axes, not one
 
 
@@ -28,17 +30,12 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
-    found = next((a for a in node.attribute if a.name == name), None)
-    return default if found is None else helper.get_attribute_value(found)
-
-
 def _is_plain_1x1(conv: onnx.NodeProto, weight: np.ndarray) -> bool:
     """A 1×1, stride 1, unpadded, ungrouped Conv to one channel: a weighted sum over input channels."""
     return (weight.ndim == 4 and weight.shape[0] == 1 and weight.shape[2:] == (1, 1)
-            and _attr(conv, "group", 1) == 1 and set(_attr(conv, "strides", [1, 1])) == {1}
-            and set(_attr(conv, "pads", [0, 0, 0, 0])) == {0} and set(_attr(conv, "dilations", [1, 1])) == {1}
-            and _attr(conv, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"))
+            and attribute(conv, "group", 1) == 1 and set(attribute(conv, "strides", [1, 1])) == {1}
+            and set(attribute(conv, "pads", [0, 0, 0, 0])) == {0} and set(attribute(conv, "dilations", [1, 1])) == {1}
+            and attribute(conv, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"))
 
 
 def _reduce(op: str, data: str, axis: int, out: str, opset: int,
@@ -62,20 +59,20 @@ class _Match:
     weight: np.ndarray
 
 
-def _match(conv: onnx.NodeProto, producers: dict[str, onnx.NodeProto], consumers: dict[str, int],
+def _match(conv: onnx.NodeProto, made_by: dict[str, onnx.NodeProto], uses: dict[str, int],
            weights: dict[str, onnx.TensorProto]) -> _Match | None:
     """The DFL pattern ending at `conv`, or None: Softmax over axis 1 feeding nothing but a fixed 1×1 Conv."""
-    softmax = producers.get(conv.input[0])
-    if softmax is None or softmax.op_type != "Softmax" or _attr(softmax, "axis", -1) != 1:
+    softmax = made_by.get(conv.input[0])
+    if softmax is None or softmax.op_type != "Softmax" or attribute(softmax, "axis", -1) != 1:
         return None
-    if conv.input[1] not in weights or consumers.get(softmax.output[0]) != 1:
+    if conv.input[1] not in weights or uses[softmax.output[0]] != 1:
         return None
     weight = numpy_helper.to_array(weights[conv.input[1]])  # its own dtype: FP16 models stay FP16
     if not _is_plain_1x1(conv, weight):
         return None
-    source = producers.get(softmax.input[0])
-    if source is not None and source.op_type == "Transpose" and consumers.get(source.output[0]) == 1:
-        perm = list(_attr(source, "perm", []))
+    source = made_by.get(softmax.input[0])
+    if source is not None and source.op_type == "Transpose" and uses[source.output[0]] == 1:
+        perm = list(attribute(source, "perm", []))
         if len(perm) == 4:
             return _Match(conv, (conv, softmax, source), source.input[0], perm[1], perm, weight)
     return _Match(conv, (conv, softmax), softmax.input[0], 1, None, weight)
@@ -116,13 +113,10 @@ def rewrite_dfl(model: onnx.ModelProto) -> int:
     if opset < _MIN_OPSET:
         return 0
     graph = model.graph
-    producers = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, int] = {}
-    for name in [i for node in graph.node for i in node.input] + [o.name for o in graph.output]:
-        consumers[name] = consumers.get(name, 0) + 1
+    made_by, uses = producers(graph), use_counts(graph)
     weights = {init.name: init for init in graph.initializer}
     matches = [m for conv in graph.node if conv.op_type == "Conv"
-               if (m := _match(conv, producers, consumers, weights)) is not None]
+               if (m := _match(conv, made_by, uses, weights)) is not None]
     for match in matches:
         nodes, extra = _replacement(match, opset)
         # The graph is topologically sorted and the dead nodes all precede the Conv: the replacement

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import onnx
 
+from engines.onnx_graph import producers
+
 # Ops that only move data around; looked through when asking "is this Conv fed by a Softmax?"
 _LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
 _SHAPE_ONLY = frozenset({"Shape", "Size"})
@@ -32,10 +34,10 @@ class FloatHead:
     output_convs: tuple[str, ...]  # the Conv nodes among them, for the report
 
 
-def _fed_by_softmax(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto]) -> bool:
-    source = producers.get(node.input[0])
+def _fed_by_softmax(node: onnx.NodeProto, made_by: dict[str, onnx.NodeProto]) -> bool:
+    source = made_by.get(node.input[0])
     while source is not None and source.op_type in _LAYOUT_OPS:
-        source = producers.get(source.input[0])
+        source = made_by.get(source.input[0])
     return source is not None and source.op_type == "Softmax"
 
 
@@ -44,12 +46,12 @@ def find_float_head(model: onnx.ModelProto) -> FloatHead:
     unnamed = [n for n in model.graph.node if not n.name]
     if unnamed:
         raise ValueError(f"{len(unnamed)} graph node(s) have no name; cannot exclude the head from quantization")
-    producers = {out: node for node in model.graph.node for out in node.output}
+    made_by = producers(model.graph)
     head: set[str] = set()
     convs: list[str] = []
     pending = [o.name for o in model.graph.output]
     while pending:
-        node = producers.get(pending.pop())
+        node = made_by.get(pending.pop())
         if node is None or node.name in head:
             continue
         head.add(node.name)
@@ -57,7 +59,7 @@ def find_float_head(model: onnx.ModelProto) -> FloatHead:
             continue  # reads only the shape of its input, not its values
         if node.op_type == "Conv":
             convs.append(node.name)
-            if not _fed_by_softmax(node, producers):
+            if not _fed_by_softmax(node, made_by):
                 continue  # an output convolution: the feature maps before it are quantized
         pending.extend(i for i in node.input if i)
     if not convs:

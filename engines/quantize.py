@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 
 from engines.float_head import find_float_head
+from engines.onnx_graph import attribute, producers
 from engines.silu_fusion import fuse_silu
 
 QuantTarget = Literal["cpu", "tensorrt"]
@@ -107,18 +108,18 @@ def _stem_convs(model: onnx.ModelProto) -> tuple[str, ...]:
     shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
 
     def is_stem(node: onnx.NodeProto) -> bool:
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
         shape = shapes.get(node.input[1], ())
-        return node.input[0] in inputs and group == 1 and len(shape) == 4 and shape[1] <= _STEM_CHANNELS
+        return (node.input[0] in inputs and attribute(node, "group", 1) == 1
+                and len(shape) == 4 and shape[1] <= _STEM_CHANNELS)
 
     return tuple(sorted(n.name for n in model.graph.node if n.op_type == "Conv" and is_stem(n)))
 
 
 def _count_quantized_convs(path: Path) -> tuple[int, int]:
     model = onnx.load(str(path), load_external_data=False)
-    producers = {out: node.op_type for node in model.graph.node for out in node.output}
+    made_by = producers(model.graph)
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
-    quantized = sum(1 for n in convs if producers.get(n.input[1]) == "DequantizeLinear")  # INT8 weights
+    quantized = sum(1 for n in convs if n.input[1] in made_by and made_by[n.input[1]].op_type == "DequantizeLinear")
     return quantized, len(convs)
 
 

@@ -19,20 +19,19 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
+from engines.onnx_graph import producers, use_counts
+
 MS_DOMAIN = "com.microsoft"
 
 
 def fuse_silu(model: onnx.ModelProto) -> int:
     """Replace each Mul(x, Sigmoid(x)) whose sigmoid feeds nothing else; returns how many were fused."""
     graph = model.graph
-    producers = {out: node for node in graph.node for out in node.output}
-    uses: dict[str, int] = {}
-    for name in [i for node in graph.node for i in node.input] + [o.name for o in graph.output]:
-        uses[name] = uses.get(name, 0) + 1
+    made_by, uses = producers(graph), use_counts(graph)
     fused = 0
     for mul in [n for n in graph.node if n.op_type == "Mul" and len(n.input) == 2]:
         for x, gate in (mul.input, tuple(reversed(mul.input))):
-            sigmoid = producers.get(gate)
+            sigmoid = made_by.get(gate)
             if sigmoid is None or sigmoid.op_type != "Sigmoid" or sigmoid.input[0] != x or uses[gate] != 1:
                 continue
             index = list(graph.node).index(mul) - 1  # the Sigmoid precedes the Mul: one slot earlier once gone
