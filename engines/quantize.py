@@ -115,21 +115,19 @@ def _stem_convs(model: onnx.ModelProto) -> tuple[str, ...]:
     return tuple(sorted(n.name for n in model.graph.node if n.op_type == "Conv" and is_stem(n)))
 
 
-def _count_quantized_convs(path: Path) -> tuple[int, int]:
-    model = onnx.load(str(path), load_external_data=False)
+def _count_and_stamp(path: Path, provenance: dict) -> tuple[int, int]:
+    """Count the INT8 convolutions and record how the model was made in its metadata (backends
+    report such a model as `int8`); returns (quantized, total) convolutions."""
+    model = onnx.load(str(path))
     made_by = producers(model.graph)
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     quantized = sum(1 for n in convs if n.input[1] in made_by and made_by[n.input[1]].op_type == "DequantizeLinear")
-    return quantized, len(convs)
-
-
-def _stamp(path: Path, provenance: dict) -> None:
-    """Record how the model was made in its metadata; backends report it as `int8` precision."""
-    model = onnx.load(str(path))
     props = {p.key: p.value for p in model.metadata_props}
-    props[QUANTIZATION_KEY] = json.dumps(provenance, separators=(",", ":"))
+    props[QUANTIZATION_KEY] = json.dumps({**provenance, "quantized_convs": quantized, "total_convs": len(convs)},
+                                         separators=(",", ":"))
     onnx.helper.set_model_props(model, props)
     onnx.save(model, str(path))
+    return quantized, len(convs)
 
 
 def quantize_model(src: Path, dst: Path, input_name: str, tensors: Iterable[np.ndarray],
@@ -174,9 +172,8 @@ def quantize_model(src: Path, dst: Path, input_name: str, tensors: Iterable[np.n
         except Exception as exc:  # e.g. percentile histograms on a tensor with no range
             raise QuantizationError(
                 f"{method} calibration failed: {exc}; try another --method ({', '.join(METHODS)})") from exc
-        quantized, total = _count_quantized_convs(out_tmp)
-        _stamp(out_tmp, {"target": target, "method": method, "calibration_frames": len(calibration),
-                         "quantized_convs": quantized, "total_convs": total, "fused_silu": fused})
+        quantized, total = _count_and_stamp(out_tmp, {"target": target, "method": method,
+                                                      "calibration_frames": len(calibration), "fused_silu": fused})
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(out_tmp, dst)
     return QuantizedModel(dst, target, method, len(calibration), len(head.nodes), head.output_convs, stem,
