@@ -95,11 +95,12 @@ class OnnxRuntimeBackend(InferenceBackend):
 
     def _create_session(self, ort: ModuleType, path: Path, config: OnnxRuntimeConfig, options: Any) -> Any:
         model = _session_model(path, config)
-        if isinstance(model, str):
-            return ort.InferenceSession(model, options, providers=self._plan.providers)
         try:
             return ort.InferenceSession(model, options, providers=self._plan.providers)
-        except Exception as exc:  # the rewrite must never cost a model that loads as it is
+        except Exception as exc:
+            if isinstance(model, str):
+                raise
+            # the rewrite must never cost a model that loads as it is
             log.warning("%s: the DFL-rewritten graph did not load (%s); loading the file as it is",
                         path.name, _first_line(exc))
             return ort.InferenceSession(str(path), options, providers=self._plan.providers)
