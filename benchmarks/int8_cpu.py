@@ -99,11 +99,12 @@ def main() -> int:
                 row.update(map50_fp32=round(gate.fp32_map50, 4), map50_int8=round(gate.int8_map50, 4),
                            drop_points=round(gate.drop_points, 2), accepted=gate.passed)
             fp32_path = resolve_model_path(path)
+            has_dfl = _has_dfl(fp32_path)
             for threads in (1, 2):
                 engine = {"intra_op_threads": threads}
                 variants = {"fp32_ms": DetectorConfig(path=str(fp32_path), engine=engine),
                             "int8_ms": DetectorConfig(path=str(out), engine=engine)}
-                if _has_dfl(fp32_path):
+                if has_dfl:
                     variants["fp32_as_exported_ms"] = DetectorConfig(path=str(fp32_path),
                                                                      engine={**engine, "fast_dfl": False})
                 times = _interleaved_ms(variants, args.seconds)
