@@ -117,9 +117,9 @@ class Syncer:
                 self.puback_latency_ms.add((now - flight.sent_mono) * 1000)
                 self.capture_to_puback_ms.extend([now_ms - c for c in flight.created_ms])
             elif reason in PERMANENT_FAILURES:
-                self.dead_letters += len(flight.seqs)
                 self.last_publish_error = f"broker refused a message: {PERMANENT_FAILURES[reason]}"
                 self.outbox.bury(flight.seqs, PERMANENT_FAILURES[reason])
+                self.dead_letters += len(flight.seqs)  # counted once stored: never more than the outbox holds
                 log.error("sync: %s; %d rows kept as dead letters", self.last_publish_error, len(flight.seqs))
             else:
                 self.retries += 1
