@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from agent import __version__
@@ -43,6 +44,22 @@ def _data_dir(args: argparse.Namespace) -> Path:
 
 
 # -- run ------------------------------------------------------------------------------
+SIGNAL_POLL_S = 0.2
+
+
+def _wait_for_stop(stop: threading.Event, duration: float | None) -> None:
+    """Wait for `stop` or `duration`, waking every SIGNAL_POLL_S.
+
+    The kernel may hand SIGTERM to any thread (ONNX Runtime's, OpenCV's); Python then only runs the
+    handler when the main thread next wakes, and an untimed wait never wakes: the agent would ignore
+    systemd's stop until it is killed.
+    """
+    deadline = None if duration is None else time.monotonic() + duration
+    while not stop.wait(SIGNAL_POLL_S):
+        if deadline is not None and time.monotonic() >= deadline:
+            return
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.console import StatusPrinter
     from agent.runtime import Runtime
@@ -71,7 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for handler in logging.getLogger().handlers:
             handler.addFilter(printer.log_filter)
         printer.start()
-    stop.wait(args.duration)
+    _wait_for_stop(stop, args.duration)
     if printer:
         printer.stop()
     runtime.stop()
