@@ -12,7 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from agent.sources import Source, parse_source
+from agent.capture.sources import Source, parse_source
 from engines.config import DetectorConfig
 from engines.gpu import DEFAULT_BUDGET_MB
 

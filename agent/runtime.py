@@ -4,7 +4,7 @@ Start: store → config from the fleet → detector → inference worker → cam
 Stop: cameras → inference → store (which commits whatever is queued). A model
 that cannot be loaded, or MQTT credentials that cannot be read, are reported
 and the agent keeps capturing and buffering (DESIGN invariant 8). A config
-change is applied part by part (agent.config_diff): only what changed restarts.
+change is applied part by part (agent.control.config_diff): only what changed restarts.
 """
 
 from __future__ import annotations
@@ -17,23 +17,23 @@ from dataclasses import asdict
 from pathlib import Path
 
 from agent import __version__
-from agent.camera import Camera
-from agent.command_channel import CommandChannel
-from agent.commands import Commands
+from agent.capture.camera import Camera
+from agent.capture.frames import Frame, FrameSlot
 from agent.config import AgentConfig, CameraConfig, ConfigError
-from agent.config_diff import ApplyError, diff_configs
-from agent.config_service import ConfigService
-from agent.db import connect
-from agent.frames import Frame, FrameSlot
-from agent.identity import resolve_device_id
-from agent.inference import InferenceWorker
-from agent.metrics import PipelineMetrics
-from agent.mqtt_link import ClientSetupError, MqttLink, random_boot_id
-from agent.outbox import TELEMETRY, next_session
-from agent.remote_config import AppliedState, effective_config, load_state
-from agent.store import Store, StoreError, health_figures
-from agent.sync import Syncer
-from agent.telemetry import Telemetry
+from agent.control.command_channel import CommandChannel
+from agent.control.commands import Commands
+from agent.control.config_diff import ApplyError, diff_configs
+from agent.control.config_service import ConfigService
+from agent.control.remote_config import AppliedState, effective_config, load_state
+from agent.device.identity import resolve_device_id
+from agent.pipeline.inference import InferenceWorker
+from agent.pipeline.metrics import PipelineMetrics
+from agent.store.db import connect
+from agent.store.outbox import TELEMETRY, next_session
+from agent.store.store import Store, StoreError, health_figures
+from agent.sync.mqtt_link import ClientSetupError, MqttLink, random_boot_id
+from agent.sync.sync import Syncer
+from agent.sync.telemetry import Telemetry
 from engines import BackendUnavailable, Detection, Detector, GpuResources, ModelError, load_detector
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 Runs the demo agent (2 cameras) against the broker at --host/--port and sends
 `ping` (answered at once), `set_config` flipping a threshold (validate, apply
 live, persist in SQLite, report) and `camera` disable/enable (stop and start
-one capture thread) commands through `agent.fleet.FleetClient`.
+one capture thread) commands through `agent.fleet.fleet.FleetClient`.
 
     .venv/bin/python benchmarks/command_roundtrip.py --port 1883 --count 200
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.config import MqttConfig, validate_config
-from agent.fleet import FleetClient
+from agent.fleet.fleet import FleetClient
 from agent.runtime import Runtime
 
 

@@ -12,7 +12,7 @@ Speed is the bare engine (`Detector.infer`), batch 1, at 1 and 2 intra-op
 threads: the median of rounds of 10 inferences, the variants of one model
 timed in alternating rounds so that load from elsewhere on a shared host falls
 on all of them alike. FP32 and INT8 both run as the agent runs them, with the
-DFL rewrite (`engines/dfl_rewrite.py`); for models that have a DFL, FP32 as
+DFL rewrite (`engines/optimize/dfl_rewrite.py`); for models that have a DFL, FP32 as
 exported (`fast_dfl: false`) is timed too, so the rewrite's own share shows.
 
     pip install torch==2.13.0   # only to build the YOLOv8n-sized model
@@ -36,13 +36,13 @@ import onnxruntime
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.calibration import sample_frames
+from agent.cli.calibration import sample_frames
+from agent.cli.model_quantize import quantize_with_gate
 from agent.config import validate_config
 from agent.demo.clips import write_clip
 from agent.demo.scene import SceneGenerator
-from agent.model_quantize import quantize_with_gate
 from engines import DetectorConfig, load_detector, resolve_model_path
-from engines.dfl_rewrite import rewrite_dfl
+from engines.optimize.dfl_rewrite import rewrite_dfl
 
 
 def _interleaved_ms(configs: dict[str, DetectorConfig], seconds: float) -> dict[str, float]:

@@ -63,7 +63,7 @@ class OnnxRuntimeConfig(_Strict):
     # true: refuse such a session instead of running 20x slower than planned.
     require_gpu: bool = True
     # Run YOLOv8/YOLO11's DFL box decode as reductions instead of a Softmax over a non-last axis:
-    # the same result within float rounding, 20x faster on CPU (engines/dfl_rewrite.py).
+    # the same result within float rounding, 20x faster on CPU (engines/optimize/dfl_rewrite.py).
     fast_dfl: bool = True
 
     @field_validator("providers")

@@ -23,7 +23,7 @@ from engines.layouts import Layout, decode, detect_layout
 from engines.letterbox import Letterbox, LetterboxWriter
 from engines.model_input import model_input_size
 from engines.nms import nms
-from engines.onnxruntime_backend import OnnxRuntimeBackend
+from engines.onnxruntime.backend import OnnxRuntimeBackend
 from engines.types import Detection, EngineInfo
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.camera import CameraState
+from agent.capture.camera import CameraState
+from agent.capture.frames import Frame, FrameSlot
+from agent.capture.sources import gstreamer_available
 from agent.config import validate_config
-from agent.frames import Frame, FrameSlot
 from agent.runtime import Runtime
-from agent.sources import gstreamer_available
 from tests.helpers import wait_for
 
 FAST_RECONNECT = {"initial_s": 0.05, "max_s": 0.2}
@@ -147,7 +147,7 @@ def test_dead_network_stream_times_out_and_reconnects(tmp_path: Path, short_clip
 
 
 def test_grey_and_bgra_frames_become_bgr_and_odd_shapes_are_rejected() -> None:
-    from agent.camera import as_bgr
+    from agent.capture.camera import as_bgr
 
     grey = np.full((4, 6), 200, np.uint8)
     assert as_bgr(grey).shape == (4, 6, 3) and as_bgr(grey)[0, 0].tolist() == [200, 200, 200]

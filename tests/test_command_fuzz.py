@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.config import MqttConfig, validate_config
-from agent.fleet import FleetClient
+from agent.fleet.fleet import FleetClient
 from agent.runtime import Runtime
 from tests.broker import Mosquitto
 from tests.helpers import wait_for

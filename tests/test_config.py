@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
+from agent.capture.sources import SourceKind, parse_source, redact_url
 from agent.config import AgentConfig, ConfigError, load_config
-from agent.sources import SourceKind, parse_source, redact_url
 
 BAD_CONFIG = """
 device:
@@ -107,7 +107,7 @@ def test_jetson_hardware_decoding_is_for_rtsp_only() -> None:
 
 
 def test_jetson_pipelines_follow_nvidias_documented_forms() -> None:
-    from agent.sources import jetson_csi_pipeline, jetson_rtsp_pipeline
+    from agent.capture.sources import jetson_csi_pipeline, jetson_rtsp_pipeline
 
     csi = jetson_csi_pipeline(1, 1280, 720, 0.2)
     assert csi.startswith("nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM),width=1280,height=720")
@@ -118,7 +118,7 @@ def test_jetson_pipelines_follow_nvidias_documented_forms() -> None:
 
 
 def test_redacted_sources_hide_every_kind_of_secret_and_never_fail() -> None:
-    from agent.sources import redact_source
+    from agent.capture.sources import redact_source
 
     assert redact_source("rtsp://u:pw@cam:554/x?access_token=abc&apikey=1&ch=2") == \
         "rtsp://u:***@cam:554/x?access_token=***&apikey=***&ch=2"
@@ -131,7 +131,7 @@ def test_redacted_sources_hide_every_kind_of_secret_and_never_fail() -> None:
 
 
 def test_remote_overlay_merges_restores_defaults_and_refuses_local_only_sections() -> None:
-    from agent.remote_config import apply_overlay, combine, effective_config, redacted
+    from agent.control.remote_config import apply_overlay, combine, effective_config, redacted
 
     base = AgentConfig(mqtt={"host": "b", "password": "hunter2"})
     overlay = combine({"model": {"score_threshold": 0.6, "iou_threshold": 0.3}}, {"model": {"iou_threshold": None}})
@@ -147,7 +147,7 @@ def test_remote_overlay_merges_restores_defaults_and_refuses_local_only_sections
 
 
 def test_snapshot_encoding_respects_the_cap_by_quality_then_size() -> None:
-    from agent.snapshot import SnapshotTooLarge, encode_capped
+    from agent.control.snapshot import SnapshotTooLarge, encode_capped
 
     rng = np.random.default_rng(1)
     image = rng.integers(0, 255, (720, 1280, 3), dtype=np.uint8)  # noise: the hardest image to compress

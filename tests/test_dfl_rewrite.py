@@ -12,8 +12,8 @@ import pytest
 from onnx import helper, numpy_helper
 
 from engines.config import OnnxRuntimeConfig
-from engines.dfl_rewrite import rewrite_dfl
-from engines.onnxruntime_backend import OnnxRuntimeBackend
+from engines.onnxruntime.backend import OnnxRuntimeBackend
+from engines.optimize.dfl_rewrite import rewrite_dfl
 
 ANCHORS = 210
 BINS = 16
@@ -125,11 +125,11 @@ def test_onnxruntime_backend_runs_the_rewritten_graph_with_the_same_result(
         tmp_path: Path, logits: np.ndarray, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "dfl.onnx"
     onnx.save(dfl_model(), str(path))
-    with caplog.at_level(logging.INFO, logger="engines.onnxruntime_backend"):
+    with caplog.at_level(logging.INFO, logger="engines.onnxruntime.backend"):
         fast = OnnxRuntimeBackend(path, OnnxRuntimeConfig())
     assert any("DFL box decode rewritten" in r.getMessage() for r in caplog.records)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="engines.onnxruntime_backend"):
+    with caplog.at_level(logging.INFO, logger="engines.onnxruntime.backend"):
         plain = OnnxRuntimeBackend(path, OnnxRuntimeConfig(fast_dfl=False))
     assert not caplog.records
     np.testing.assert_allclose(fast.infer(logits)[0], plain.infer(logits)[0], rtol=1e-5, atol=1e-4)
@@ -145,8 +145,8 @@ def test_a_rewritten_graph_onnxruntime_rejects_falls_back_to_the_file(
         model.graph.node.append(helper.make_node("NoSuchOp", ["box"], ["junk"], name="junk"))
         return 1
 
-    monkeypatch.setattr("engines.onnxruntime_backend.rewrite_dfl", broken_rewrite)
-    with caplog.at_level(logging.WARNING, logger="engines.onnxruntime_backend"):
+    monkeypatch.setattr("engines.onnxruntime.backend.rewrite_dfl", broken_rewrite)
+    with caplog.at_level(logging.WARNING, logger="engines.onnxruntime.backend"):
         backend = OnnxRuntimeBackend(path, OnnxRuntimeConfig())
     assert any("did not load" in r.getMessage() for r in caplog.records)
     np.testing.assert_allclose(backend.infer(logits)[0], _run(dfl_model(), logits), rtol=1e-6)

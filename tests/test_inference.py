@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.frames import Frame, FrameSlot
-from agent.inference import InferenceWorker
-from agent.metrics import PipelineMetrics
+from agent.capture.frames import Frame, FrameSlot
+from agent.pipeline.inference import InferenceWorker
+from agent.pipeline.metrics import PipelineMetrics
 from engines import Detection, DetectorConfig, load_detector
 from tests.onnx_models import make_constant_model, yolov8_output
 

@@ -18,6 +18,6 @@ def test_wheel_contains_the_demo_model_and_the_console_script(tmp_path: Path) ->
         names = set(zf.namelist())
         entry_points = next(zf.read(n).decode() for n in names if n.endswith("entry_points.txt"))
     assert "engines/models/demo.onnx" in names
-    assert {"agent/demo/scene.py", "agent/demo/clips.py", "agent/cli.py"} <= names
+    assert {"agent/demo/scene.py", "agent/demo/clips.py", "agent/cli/main.py"} <= names
     assert not any(n.startswith(("tests/", "training/", "benchmarks/")) for n in names)
-    assert "edge-agent = agent.cli:main" in entry_points
+    assert "edge-agent = agent.cli.main:main" in entry_points

@@ -13,9 +13,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import MqttConfig, TlsConfig, validate_config
-from agent.fleet import FleetClient
-from agent.mqtt_link import build_tls_context
+from agent.fleet.fleet import FleetClient
 from agent.runtime import Runtime
+from agent.sync.mqtt_link import build_tls_context
 from tests.broker import Mosquitto
 from tests.certs import make_pki
 from tests.helpers import wait_for

@@ -12,17 +12,17 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from agent.calibration import CalibrationSourceError, holdout_positions, sample_frames
-from agent.cli import main
+from agent.cli.calibration import CalibrationSourceError, holdout_positions, sample_frames
+from agent.cli.main import main
+from agent.cli.model_quantize import predictions, quantize_with_gate
 from agent.config import validate_config
 from agent.demo.clips import write_clip
 from agent.demo.scene import SceneGenerator
-from agent.model_quantize import predictions, quantize_with_gate
 from engines import DEMO_MODEL_PATH, DetectorConfig, load_detector
-from engines.accuracy_gate import against_fp32, against_ground_truth
-from engines.float_head import find_float_head
-from engines.quantize import QuantizationError, quantize_model
-from engines.silu_fusion import fuse_silu
+from engines.optimize.accuracy_gate import against_fp32, against_ground_truth
+from engines.optimize.float_head import find_float_head
+from engines.optimize.quantize import QuantizationError, quantize_model
+from engines.optimize.silu_fusion import fuse_silu
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_silu_fusion_is_exact_and_leaves_shared_sigmoids() -> None:
 
 
 def test_stem_is_the_ungrouped_conv_over_the_image_channels() -> None:
-    from engines.quantize import _stem_convs
+    from engines.optimize.quantize import _stem_convs
 
     inits = [numpy_helper.from_array(np.zeros((16, 3, 3, 3), np.float32), "stem.w"),
              numpy_helper.from_array(np.zeros((3, 1, 3, 3), np.float32), "dw.w"),

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from agent.config import MqttConfig, validate_config
-from agent.fleet import FleetClient
+from agent.fleet.fleet import FleetClient
 from agent.runtime import Runtime
 from tests.broker import Mosquitto
 from tests.helpers import wait_for
@@ -294,7 +294,7 @@ def test_command_unacknowledged_when_the_link_drops_is_redelivered_and_not_run_t
 
 def test_fleet_cli_lists_reads_status_sends_commands_and_configures(setup: Setup, capsys: pytest.CaptureFixture,
                                                                     tmp_path: Path) -> None:
-    from agent.cli import main
+    from agent.cli.main import main
 
     port = str(setup.broker.port)
     runtime = setup.start_device(telemetry={"interval_s": 1})

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from agent.cli import main
+from agent.cli.main import main
 
 
 def test_selftest_checks_cpu_engines_and_says_why_gpu_ones_are_missing(capsys: pytest.CaptureFixture[str]) -> None:

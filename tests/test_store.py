@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import store as store_mod
 from agent.config import StorageConfig
-from agent.ids import Uuid7Generator, uuid7
-from agent.store import Store, connect, migrate, trim_by_age, trim_by_size, used_bytes
+from agent.store import store as store_mod
+from agent.store.ids import Uuid7Generator, uuid7
+from agent.store.store import Store, connect, migrate, trim_by_age, trim_by_size, used_bytes
 from engines import Detection
 from tests.helpers import wait_for
 
@@ -214,7 +214,7 @@ def test_sigterm_stops_within_five_seconds_with_the_store_flushed(tmp_path: Path
 
 
 def test_outbox_cap_trims_health_before_detections_and_counts(tmp_path: Path) -> None:
-    from agent.outbox import TELEMETRY, enqueue_detections, trim_outbox
+    from agent.store.outbox import TELEMETRY, enqueue_detections, trim_outbox
 
     db = connect(tmp_path / store_mod.DB_NAME)
     migrate(db)

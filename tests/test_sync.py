@@ -14,7 +14,7 @@ import pytest
 from agent.config import validate_config
 from agent.demo.clips import write_clip
 from agent.runtime import Runtime
-from agent.store import DB_NAME
+from agent.store.store import DB_NAME
 from tests.broker import Mosquitto
 from tests.helpers import wait_for
 from tests.mqtt_client import Collector

@@ -148,8 +148,8 @@ def test_a_corrupt_cached_plan_is_rebuilt(fake_trt, tmp_path: Path) -> None:
 
 
 def test_qdq_model_builds_int8_with_fp16_then_strongly_typed_on_10_12(fake_trt, tmp_path: Path) -> None:
-    from agent.model_quantize import calibration_tensors
-    from engines.quantize import quantize_model
+    from agent.cli.model_quantize import calibration_tensors
+    from engines.optimize.quantize import quantize_model
 
     cpu = load_detector(DetectorConfig())
     frames = [SceneGenerator(seed=(5, i)).next_frame()[0] for i in range(8)]

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.config import ConfigError
-from agent.config_diff import ApplyError
-from agent.db import connect
-from agent.remote_config import AppliedState, combine, effective_config, redacted, save_state
+from agent.control.config_diff import ApplyError
+from agent.control.remote_config import AppliedState, combine, effective_config, redacted, save_state
+from agent.store.db import connect
 
 if TYPE_CHECKING:
     from agent.runtime import Runtime

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.calibration import SampledFrames
+from agent.cli.calibration import SampledFrames
 from engines import Detector, DetectorConfig, OnnxRuntimeConfig, load_detector, resolve_model_path
-from engines.accuracy_gate import GateResult, Predictions, against_fp32, against_ground_truth
-from engines.quantize import QuantizedModel, quantize_model
+from engines.optimize.accuracy_gate import GateResult, Predictions, against_fp32, against_ground_truth
+from engines.optimize.quantize import QuantizedModel, quantize_model
 
 EVAL_THRESHOLD = 0.05  # mAP ranks detections down to here, as `edge-agent eval` does
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from engines.onnx_graph import producers, use_counts
+from engines.optimize.onnx_graph import producers, use_counts
 
 MS_DOMAIN = "com.microsoft"
 

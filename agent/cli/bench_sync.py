@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 from agent.config import MqttConfig, StorageConfig, validate_config
-from agent.mqtt_link import MqttLink, random_boot_id
-from agent.outbox import next_session
 from agent.runtime import Runtime
-from agent.store import Store
-from agent.sync import Syncer
+from agent.store.outbox import next_session
+from agent.store.store import Store
+from agent.sync.mqtt_link import MqttLink, random_boot_id
+from agent.sync.sync import Syncer
 from engines import Detection
 
 PER_FRAME = 10
@@ -41,7 +41,7 @@ def _fill_backlog(data: Path, detections: int) -> float:
 
 
 def _drain(data: Path, mqtt: MqttConfig, detections: int, timeout: float) -> dict:
-    db_path = data / "edge-agent.db"
+    db_path = data / "edge-agent.store.db"
     link = MqttLink(mqtt, f"bench-{secrets.token_hex(3)}", random_boot_id(), lambda: next_session(db_path))
     syncer = Syncer(link, db_path, mqtt)
     syncer.start()

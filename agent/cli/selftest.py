@@ -15,13 +15,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.cli.model_quantize import calibration_tensors, predictions
 from agent.demo.scene import SceneGenerator
-from agent.model_quantize import calibration_tensors, predictions
 from engines import BackendUnavailable, DetectorConfig, GpuResources, ModelError, load_detector
-from engines.accuracy_gate import against_fp32
 from engines.config import ENGINE_PRESETS
 from engines.gpu_budget import MIB
-from engines.quantize import QuantizationError, quantize_model
+from engines.optimize.accuracy_gate import against_fp32
+from engines.optimize.quantize import QuantizationError, quantize_model
 
 FRAMES = 12
 CALIBRATION_FRAMES = 16

@@ -19,11 +19,8 @@ import cv2
 import numpy as np
 
 from agent.backoff import Backoff
-from agent.config import CameraConfig
-from agent.demo.clips import ensure_demo_clip
-from agent.frames import Frame, FrameSlot
-from agent.metrics import LatencyWindow
-from agent.sources import (
+from agent.capture.frames import Frame, FrameSlot
+from agent.capture.sources import (
     Source,
     SourceError,
     SourceKind,
@@ -33,6 +30,9 @@ from agent.sources import (
     jetson_rtsp_pipeline,
     require_gstreamer,
 )
+from agent.config import CameraConfig
+from agent.demo.clips import ensure_demo_clip
+from agent.pipeline.metrics import LatencyWindow
 
 log = logging.getLogger(__name__)
 

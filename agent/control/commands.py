@@ -4,7 +4,7 @@ Commands arrive as `{"id": ..., "args": {...}, "expires_at": ms}` on
 `<prefix>/<device>/cmd/<name>`; only the names below exist. Nothing here runs
 shell strings; the only paths a command can name are config values, validated
 as in the config file. The MQTT side (topics,
-answers, redeliveries, expiry) is agent.command_channel.
+answers, redeliveries, expiry) is agent.control.command_channel.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent import __version__
 from agent.config import NAME_PATTERN
-from agent.config_diff import ApplyError
-from agent.config_service import ConfigService, Outcome
-from agent.remote_config import redacted
-from agent.snapshot import SnapshotTooLarge, encode_capped
+from agent.control.config_diff import ApplyError
+from agent.control.config_service import ConfigService, Outcome
+from agent.control.remote_config import redacted
+from agent.control.snapshot import SnapshotTooLarge, encode_capped
 
 if TYPE_CHECKING:
     from agent.runtime import Runtime

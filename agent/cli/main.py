@@ -61,7 +61,7 @@ def _wait_for_stop(stop: threading.Event, duration: float | None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent.console import StatusPrinter
+    from agent.cli.console import StatusPrinter
     from agent.runtime import Runtime
 
     config = _config_or_exit(args.config)
@@ -75,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    from agent.mqtt_link import ClientSetupError
+    from agent.sync.mqtt_link import ClientSetupError
 
     try:
         runtime = Runtime(config)
@@ -186,7 +186,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 # -- store ----------------------------------------------------------------------------
 def cmd_store_stats(args: argparse.Namespace) -> int:
-    from agent import store
+    from agent.store import store
 
     try:
         result = store.stats(_data_dir(args))
@@ -198,7 +198,7 @@ def cmd_store_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_store_export(args: argparse.Namespace) -> int:
-    from agent import store
+    from agent.store import store
 
     try:
         for row in store.export_detections(_data_dir(args)):
@@ -211,8 +211,8 @@ def cmd_store_export(args: argparse.Namespace) -> int:
 
 # -- mqtt-check -----------------------------------------------------------------------
 def cmd_mqtt_check(args: argparse.Namespace) -> int:
-    from agent.identity import resolve_device_id
-    from agent.mqtt_link import check_connection
+    from agent.device.identity import resolve_device_id
+    from agent.sync.mqtt_link import check_connection
 
     config = _config_or_exit(args.config)
     if config.mqtt is None:
@@ -232,7 +232,7 @@ def _fleet_client(args: argparse.Namespace):
     from pydantic import ValidationError
 
     from agent.config import MqttConfig
-    from agent.fleet import FleetClient, FleetError
+    from agent.fleet.fleet import FleetClient, FleetError
 
     if args.config:
         mqtt = _config_or_exit(args.config).mqtt
@@ -383,7 +383,7 @@ def cmd_fleet_config(args: argparse.Namespace) -> int:
 
 # -- bench ----------------------------------------------------------------------------
 def cmd_bench(args: argparse.Namespace) -> int:
-    from agent.bench import run_bench
+    from agent.cli.bench import run_bench
     from engines import GpuResources
 
     report = run_bench(args.model, args.cameras, args.seconds, args.threads, args.engine,
@@ -397,7 +397,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_sync(args: argparse.Namespace) -> int:
-    from agent.bench_sync import run_sync_bench
+    from agent.cli.bench_sync import run_sync_bench
 
     report = run_sync_bench(args.host, args.port, args.detections, args.seconds)
     print(json.dumps(report) if args.json else json.dumps(report, indent=2))
@@ -512,9 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_bench)
 
-    from agent import cli_models
+    from agent.cli import model_commands
 
-    cli_models.register(sub)
+    model_commands.register(sub)
     return p
 
 

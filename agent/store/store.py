@@ -20,14 +20,14 @@ from pathlib import Path
 import sqlite_utils
 
 from agent.config import StorageConfig
-from agent.db import bump_counter, connect, transaction
-from agent.ids import uuid7
-from agent.outbox import Outbox, enqueue_detections, enqueue_readings, trim_outbox
+from agent.store.db import bump_counter, connect, transaction
+from agent.store.ids import uuid7
+from agent.store.outbox import Outbox, enqueue_detections, enqueue_readings, trim_outbox
 from engines import Detection
 
 log = logging.getLogger(__name__)
 
-DB_NAME = "edge-agent.db"
+DB_NAME = "edge-agent.store.db"
 # A writer batch carries at most this many rows; more waiting in the queue go in the next commit.
 MAX_ROWS_PER_COMMIT = 5000
 
@@ -43,7 +43,7 @@ def _migrate_v1(db: sqlite_utils.Database) -> None:
 
 
 def _migrate_v2(db: sqlite_utils.Database) -> None:
-    """The outbox: messages waiting for the broker's PUBACK (see agent.outbox)."""
+    """The outbox: messages waiting for the broker's PUBACK (see agent.store.outbox)."""
     db.execute(
         "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, "
         "camera TEXT, payload TEXT NOT NULL, bytes INTEGER NOT NULL, created_ms INTEGER NOT NULL, "
@@ -53,7 +53,8 @@ def _migrate_v2(db: sqlite_utils.Database) -> None:
 
 
 def _migrate_v3(db: sqlite_utils.Database) -> None:
-    """Config from the fleet (agent.remote_config) and command answers kept for redeliveries (agent.commands)."""
+    """Config from the fleet (agent.control.remote_config) and command answers kept for redeliveries
+    (agent.control.command_channel)."""
     db.execute("CREATE TABLE remote_config (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL, "
                "overlay TEXT NOT NULL, applied_ms INTEGER NOT NULL)")
     db.execute("CREATE TABLE command_answers (id TEXT PRIMARY KEY, name TEXT NOT NULL, answer TEXT NOT NULL, "

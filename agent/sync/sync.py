@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass
 
 from agent.config import MqttConfig
-from agent.db import connect
-from agent.metrics import LatencyWindow
-from agent.mqtt_link import MqttLink
-from agent.outbox import DETECTION, TELEMETRY, Outbox, OutboxRow
+from agent.pipeline.metrics import LatencyWindow
+from agent.store.db import connect
+from agent.store.outbox import DETECTION, TELEMETRY, Outbox, OutboxRow
+from agent.sync.mqtt_link import MqttLink
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agent.camera import as_bgr, open_capture
+from agent.capture.camera import as_bgr, open_capture
+from agent.capture.sources import SourceError, SourceKind
 from agent.config import AgentConfig
 from agent.demo.clips import ensure_demo_clip, read_ground_truth, sidecar_path
-from agent.sources import SourceError, SourceKind
 from engines.metrics import Box
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})

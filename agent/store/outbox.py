@@ -17,7 +17,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from agent.db import bump_counter, connect, transaction
+from agent.store.db import bump_counter, connect, transaction
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from agent.gpu_probe import open_gpu_probe
+from agent.device.gpu_probe import open_gpu_probe
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import sqlite_utils
 
+from agent.capture.sources import redact_source
 from agent.config import AgentConfig, ConfigError, validate_config
-from agent.db import transaction
-from agent.sources import redact_source
+from agent.store.db import transaction
 
 REMOTE_SECTIONS = ("cameras", "model", "telemetry", "storage")
 LOCAL_ONLY_STORAGE = ("path", "synchronous", "queue_size")  # read once at start

@@ -9,13 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from engines import ort_providers
 from engines.backend import InferenceBackend, TensorSpec
 from engines.config import OnnxRuntimeConfig
-from engines.dfl_rewrite import rewrite_dfl
 from engines.errors import BackendUnavailable, ModelLoadError
 from engines.gpu_budget import GpuMemoryBudget
-from engines.quantize import QUANTIZATION_KEY
+from engines.onnxruntime import providers as ort_providers
+from engines.optimize.dfl_rewrite import rewrite_dfl
+from engines.optimize.quantize import QUANTIZATION_KEY
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from engines.onnx_graph import attribute, producers, use_counts
+from engines.optimize.onnx_graph import attribute, producers, use_counts
 
 _MIN_OPSET = 13  # before 13, Softmax(axis=1) normalised over all trailing axes, not one
 

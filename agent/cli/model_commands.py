@@ -7,16 +7,16 @@ import json
 import sys
 from pathlib import Path
 
-from engines.accuracy_gate import DEFAULT_MAX_DROP_POINTS, DEFAULT_MIN_AGREEMENT
-from engines.quantize import METHODS, MIN_CALIBRATION_FRAMES, TARGETS
+from engines.optimize.accuracy_gate import DEFAULT_MAX_DROP_POINTS, DEFAULT_MIN_AGREEMENT
+from engines.optimize.quantize import METHODS, MIN_CALIBRATION_FRAMES, TARGETS
 
 
 def cmd_models_quantize(args: argparse.Namespace) -> int:
-    from agent.calibration import CalibrationSourceError, sample_frames
-    from agent.cli import _config_or_exit
-    from agent.model_quantize import quantize_with_gate
+    from agent.cli.calibration import CalibrationSourceError, sample_frames
+    from agent.cli.main import _config_or_exit
+    from agent.cli.model_quantize import quantize_with_gate
     from engines import ModelError
-    from engines.quantize import QuantizationError
+    from engines.optimize.quantize import QuantizationError
 
     config = _config_or_exit(args.config)
     model = config.model.model_copy(update={"path": args.model})
@@ -54,8 +54,8 @@ def cmd_models_quantize(args: argparse.Namespace) -> int:
 def cmd_selftest(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from agent.cli import _config_or_exit
-    from agent.selftest import format_results, run_selftest
+    from agent.cli.main import _config_or_exit
+    from agent.cli.selftest import format_results, run_selftest
     from engines import GpuResources
 
     config = _config_or_exit(args.config)

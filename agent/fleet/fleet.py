@@ -23,7 +23,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.config import MqttConfig
-from agent.mqtt_link import describe_connect_error, new_client, no_delay
+from agent.sync.mqtt_link import describe_connect_error, new_client, no_delay
 
 INBOX_SIZE = 100_000  # retained status/telemetry of a large fleet fit; beyond it messages are dropped, counted
 

@@ -29,11 +29,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.commands import CommandError, Commands, Envelope
 from agent.config import key_path
-from agent.config_service import ConfigService
-from agent.db import connect, transaction
-from agent.mqtt_link import MqttLink
+from agent.control.commands import CommandError, Commands, Envelope
+from agent.control.config_service import ConfigService
+from agent.store.db import connect, transaction
+from agent.sync.mqtt_link import MqttLink
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ Targets differ (measured with ONNX Runtime 1.32 on an AVX-512 VNNI CPU):
   point 0), as TensorRT's explicit quantization requires.
 
 Both are pre-processed with `quant_pre_process` (shape inference, folding) and
-keep the detection head in float (`engines.float_head`); for `cpu`, SiLU is
-fused into one op first (`engines.silu_fusion`). The stem convolution, the one
+keep the detection head in float (`engines.optimize.float_head`); for `cpu`, SiLU is
+fused into one op first (`engines.optimize.silu_fusion`). The stem convolution, the one
 that reads the image's 3 channels, stays float too: INT8 kernels gain nothing on
 so few input channels, and quantizing its output instead of the image keeps the
 first quantization step off raw pixels (measured: the whole 640 YOLOv8n-sized
@@ -31,9 +31,9 @@ from typing import Literal
 import numpy as np
 import onnx
 
-from engines.float_head import find_float_head
-from engines.onnx_graph import attribute, producers
-from engines.silu_fusion import fuse_silu
+from engines.optimize.float_head import find_float_head
+from engines.optimize.onnx_graph import attribute, producers
+from engines.optimize.silu_fusion import fuse_silu
 
 QuantTarget = Literal["cpu", "tensorrt"]
 CalibrationName = Literal["entropy", "percentile", "minmax"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from engines.onnx_graph import producers
+from engines.optimize.onnx_graph import producers
 
 # Ops that only move data around; looked through when asking "is this Conv fed by a Softmax?"
 _LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})

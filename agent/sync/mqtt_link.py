@@ -2,7 +2,7 @@
 
 One thread owns the paho network loop and reconnects with exponential backoff
 and full jitter. paho's session lives in memory only; durability is the
-outbox's job (agent.sync). The broker keeps the device's session (its command
+outbox's job (agent.sync.sync). The broker keeps the device's session (its command
 subscriptions and commands sent while it was away) for `session_expiry_s`.
 Incoming messages are acknowledged by their handler once handled (manual
 acks), so a command the agent did not finish is delivered again.

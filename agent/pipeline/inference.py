@@ -13,8 +13,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from agent.frames import Frame, FrameSlot
-from agent.metrics import PipelineMetrics
+from agent.capture.frames import Frame, FrameSlot
+from agent.pipeline.metrics import PipelineMetrics
 from engines import Detection, Detector
 
 log = logging.getLogger(__name__)
