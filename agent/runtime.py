@@ -19,16 +19,15 @@ from pathlib import Path
 from agent import __version__
 from agent.capture.camera import Camera
 from agent.capture.frames import Frame, FrameSlot
-from agent.config import AgentConfig, CameraConfig, ConfigError
+from agent.config import AgentConfig, CameraConfig
 from agent.control.command_channel import CommandChannel
 from agent.control.commands import Commands
 from agent.control.config_diff import ApplyError, diff_configs
 from agent.control.config_service import ConfigService
-from agent.control.remote_config import AppliedState, effective_config, load_state
+from agent.control.device_api import CameraView
 from agent.device.identity import resolve_device_id
 from agent.pipeline.inference import InferenceWorker
 from agent.pipeline.metrics import PipelineMetrics
-from agent.store.db import connect
 from agent.store.outbox import TELEMETRY, next_session
 from agent.store.store import Store, StoreError, health_figures
 from agent.sync.mqtt_link import ClientSetupError, MqttLink, random_boot_id
@@ -40,12 +39,12 @@ log = logging.getLogger(__name__)
 
 
 class Runtime:
+    """Owns the parts; to control (commands, desired config) it is an agent.control.device_api.DeviceControl."""
+
     def __init__(self, config: AgentConfig, data_dir: Path | None = None) -> None:
-        self.file_config = config  # what the config file says; the fleet's overlay goes on top
-        self.config = config  # what runs
+        self.config = config  # what runs: the config file's, with the fleet's overlay on top once restored
         # One budget for the life of the process: a change to `gpu` takes effect on restart.
         self.gpu = GpuResources(config.gpu.memory_budget_mb, config.gpu.device_id)
-        self.remote = AppliedState()
         self.data_dir = (data_dir or config.storage.path).expanduser()
         self.device_id = resolve_device_id(config.device.id, self.data_dir)
         self.metrics = PipelineMetrics()
@@ -72,15 +71,14 @@ class Runtime:
         self.detector: Detector | None = None
         self.worker: InferenceWorker | None = None
         self.model_error: str | None = None
-        self.remote_error: str | None = None  # the stored fleet config no longer validates
         self.latest_detections: dict[str, tuple[int, list[Detection]]] = {}  # camera → (frame, detections)
         self.started_mono: float | None = None
-        self.config_service = ConfigService(self, self.store.path)
+        self.config_service = ConfigService(self, config, self.store.path)
         self.channel: CommandChannel | None = None
         if self.link is not None:
             link = self.link
-            self.channel = CommandChannel(link, Commands(self, self.config_service, lambda: link.max_packet_size),
-                                          self.config_service, self.store.path)
+            commands = Commands(self, self.config_service, lambda: link.max_packet_size, link.boot_id)
+            self.channel = CommandChannel(link, commands, self.config_service, self.store.path)
 
     # -- wiring -------------------------------------------------------------------
     def _store_figures(self) -> dict:
@@ -100,25 +98,6 @@ class Runtime:
 
     def _slots(self) -> list[FrameSlot]:
         return [cam.slot for cam in list(self.cameras.values())]
-
-    def _load_remote_state(self) -> None:
-        """The fleet's last applied overlay, on top of the file's config."""
-        try:
-            db = connect(self.store.path)
-            try:
-                self.remote = load_state(db)
-            finally:
-                db.conn.close()
-            if self.remote.version:
-                self.config = effective_config(self.file_config, self.remote.overlay)
-                log.info("config version %d from the fleet applied on top of the config file", self.remote.version)
-        except ConfigError as exc:  # e.g. the file changed under it; run the file's config and say so
-            self.remote_error = f"stored fleet config v{self.remote.version} no longer valid: {exc}"
-            self.remote.overlay = {}  # later changes start from the file's config, which is what runs
-            log.error("%s", self.remote_error)
-        except sqlite3.Error as exc:
-            self.remote_error = f"cannot read the stored fleet config: {exc}"
-            log.error("%s", self.remote_error)
 
     def _load_model(self, model_config) -> Detector:
         detector = load_detector(model_config, self.gpu)
@@ -164,7 +143,7 @@ class Runtime:
         except StoreError as exc:
             log.error("store unavailable, detections will be dropped and counted: %s", exc)
         if self.store.running:
-            self._load_remote_state()
+            self.config = self.config_service.restore()
             self.store.config = self.config.storage
             self.telemetry.reschedule(self.config.telemetry.interval_s)
         if self.syncer is not None and self.link is not None and self.store.running:
@@ -273,6 +252,13 @@ class Runtime:
             self._parts.release()
 
     # -- status -------------------------------------------------------------------
+    def camera_view(self, name: str) -> CameraView | None:
+        camera = self.cameras.get(name)
+        if camera is None:
+            return None
+        number, detections = self.latest_detections.get(name, (None, []))
+        return CameraView(camera.latest, number, detections)
+
     def status(self) -> dict:
         """A snapshot for the console, CLI and (later) telemetry and the health page."""
         cameras = {}
@@ -289,7 +275,7 @@ class Runtime:
             "engine": None if self.detector is None else asdict(self.detector.info),
             "model_error": self.model_error,
             "mqtt_error": self.mqtt_error,
-            "config": {"version": self.remote.version, "error": self.remote_error},
+            "config": {"version": self.config_service.applied_version, "error": self.config_service.error},
             "gpu_memory": self.gpu.report(),
             "inference_errors": self.worker.errors if self.worker else 0,
             "frames_failed": self.worker.frames_failed if self.worker else 0,

@@ -84,10 +84,30 @@ def test_desired_config_sent_while_offline_is_applied_on_connect_and_survives_a_
         runtime.stop()
     runtime = setup.start_device()  # same data dir: the applied config comes back from SQLite
     try:
-        assert runtime.remote.version == 1 and runtime.config.model.score_threshold == 0.55
+        assert runtime.status()["config"]["version"] == 1 and runtime.config.model.score_threshold == 0.55
         assert runtime.detector.score_threshold == 0.55
         wait_for(lambda: runtime.channel.counts["desired_ignored"] == 1, what="retained v1 seen again, ignored")
         assert runtime.channel.counts["desired_applied"] == 0
+    finally:
+        runtime.stop()
+
+
+def test_stored_fleet_config_that_the_edited_file_no_longer_admits_runs_the_file_config_and_says_so(
+        setup: Setup) -> None:
+    setup.fleet.publish_desired(DEVICE, {"model": {"engine": {"intra_op_threads": 1}}}, timeout=0.2)
+    runtime = setup.start_device()
+    try:
+        wait_for(lambda: (setup.reported() or {}).get("status") == "applied", what="reported v1 applied")
+    finally:
+        runtime.stop()
+    # The operator switches the file to TensorRT, whose engine has no intra_op_threads.
+    runtime = setup.start_device(model={"engine": {"type": "tensorrt"}})
+    try:
+        error = runtime.status()["config"]["error"]
+        assert error is not None and "no longer valid" in error and "intra_op_threads" in error
+        assert runtime.config.model.engine.type == "tensorrt"  # the file's config runs
+        wait_for(lambda: (setup.reported() or {}).get("warning") == error, what="the warning reported")
+        assert setup.reported()["applied_version"] == 1
     finally:
         runtime.stop()
 

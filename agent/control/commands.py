@@ -13,7 +13,7 @@ import base64
 import json
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -21,11 +21,9 @@ from agent import __version__
 from agent.config import NAME_PATTERN
 from agent.control.config_diff import ApplyError
 from agent.control.config_service import ConfigService, Outcome
+from agent.control.device_api import DeviceControl
 from agent.control.remote_config import redacted
 from agent.control.snapshot import SnapshotTooLarge, encode_capped
-
-if TYPE_CHECKING:
-    from agent.runtime import Runtime
 
 MAX_SNAPSHOT_DETECTIONS = 200
 COMMAND_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
@@ -77,11 +75,13 @@ class SnapshotArgs(_Strict):
 
 
 class Commands:
-    """Runs validated commands against the runtime; raises CommandError for error answers."""
+    """Runs validated commands against the device; raises CommandError for error answers."""
 
-    def __init__(self, runtime: Runtime, config: ConfigService, packet_cap: Callable[[], int | None]) -> None:
-        self.runtime = runtime
+    def __init__(self, device: DeviceControl, config: ConfigService, packet_cap: Callable[[], int | None],
+                 boot_id: str) -> None:
+        self.device = device
         self.config = config
+        self.boot_id = boot_id  # this process's, as in the birth message
         self._packet_cap = packet_cap  # the broker's maximum packet size, when it told us
         self.catalogue: dict[str, tuple[type[_Strict], Callable[[Any], dict[str, Any]]]] = {
             "ping": (NoArgs, self.ping),
@@ -101,18 +101,18 @@ class Commands:
 
     # -- the commands -----------------------------------------------------------------
     def ping(self, _args: NoArgs) -> dict[str, Any]:
-        status = self.runtime.status()
+        status = self.device.status()
         return {"pong": int(time.time() * 1000), "version": __version__, "uptime_s": status["uptime_s"],
-                "boot_id": self.runtime.link.boot_id if self.runtime.link else None}
+                "boot_id": self.boot_id}
 
     def get_config(self, _args: NoArgs) -> dict[str, Any]:
-        return {"version": self.config.applied_version, "config": redacted(self.runtime.config)}
+        return {"version": self.config.applied_version, "config": redacted(self.device.config)}
 
     def set_config(self, args: SetConfigArgs) -> dict[str, Any]:
         return self._outcome(self.config.apply_patch(args.config))
 
     def camera(self, args: CameraArgs) -> dict[str, Any]:
-        cameras = [c.model_dump(mode="json") for c in self.runtime.config.cameras]
+        cameras = [c.model_dump(mode="json") for c in self.device.config.cameras]
         names = [c["name"] for c in cameras]
         if args.action == "add":
             if args.name in names:
@@ -129,13 +129,13 @@ class Commands:
         return self._outcome(self.config.apply_patch({"cameras": cameras}))
 
     def snapshot(self, args: SnapshotArgs) -> dict[str, Any]:
-        camera = self.runtime.cameras.get(args.camera)
-        if camera is None:
+        view = self.device.camera_view(args.camera)
+        if view is None:
             raise CommandError("not_found", f"no running camera named {args.camera}")
-        frame = camera.latest
+        frame = view.frame
         if frame is None:
             raise CommandError("unavailable", f"camera {args.camera} has not delivered a frame yet")
-        number, detections = self.runtime.latest_detections.get(args.camera, (None, []))
+        number, detections = view.detections_frame, view.detections
         found = [d.to_dict() for d in detections[:MAX_SNAPSHOT_DETECTIONS]]
         cap = args.max_bytes
         if (packet := self._packet_cap()) is not None:  # the answer around the image must fit too
@@ -154,13 +154,13 @@ class Commands:
 
     def restart_pipeline(self, _args: NoArgs) -> dict[str, Any]:
         try:
-            cameras = self.runtime.restart_pipeline()
+            cameras = self.device.restart_pipeline()
         except ApplyError as exc:
             raise CommandError("failed", str(exc)) from None
-        return {"cameras": cameras, "model_error": self.runtime.model_error}
+        return {"cameras": cameras, "model_error": self.device.status()["model_error"]}
 
     def get_stats(self, _args: NoArgs) -> dict[str, Any]:
-        return self.runtime.status()
+        return self.device.status()
 
     @staticmethod
     def _outcome(outcome: Outcome) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Two ways in, one path: a versioned desired config (retained on
 `config/desired`) and the `set_config` / `camera` commands (one-off changes
 that keep the applied version). A change that does not validate, or that the
-runtime cannot apply (a model that does not load), is rejected with key-path
+device cannot apply (a model that does not load), is rejected with key-path
 errors and the running config stays as it was (DESIGN invariant 4). An applied
 change is persisted (overlay and version in one row) before it is reported.
 """
@@ -11,18 +11,17 @@ change is persisted (overlay and version in one row) before it is reported.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from agent.config import ConfigError
+from agent.config import AgentConfig, ConfigError
 from agent.control.config_diff import ApplyError
-from agent.control.remote_config import AppliedState, combine, effective_config, redacted, save_state
+from agent.control.device_api import DeviceControl
+from agent.control.remote_config import AppliedState, combine, effective_config, load_state, redacted, save_state
 from agent.store.db import connect
-
-if TYPE_CHECKING:
-    from agent.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +41,40 @@ class Outcome:
 
 
 class ConfigService:
-    def __init__(self, runtime: Runtime, db_path: Path) -> None:
-        self.runtime = runtime
+    """Owns the fleet's overlay and its version; the device runs what it is given."""
+
+    def __init__(self, device: DeviceControl, file_config: AgentConfig, db_path: Path) -> None:
+        self.device = device
+        self.file_config = file_config  # what the config file says; the overlay goes on top
         self._db_path = db_path
+        self.state = AppliedState()
+        self.error: str | None = None  # the stored overlay could not be read or no longer validates
         self.last_outcome: Outcome | None = None
 
     @property
     def applied_version(self) -> int:
-        return self.runtime.remote.version
+        return self.state.version
+
+    def restore(self) -> AgentConfig:
+        """The config to start with: the file's, with the fleet's last applied overlay on top."""
+        try:
+            db = connect(self._db_path)
+            try:
+                self.state = load_state(db)
+            finally:
+                db.conn.close()
+            if self.state.version:
+                config = effective_config(self.file_config, self.state.overlay)
+                log.info("config version %d from the fleet applied on top of the config file", self.state.version)
+                return config
+        except ConfigError as exc:  # e.g. the file changed under it; run the file's config and say so
+            self.error = f"stored fleet config v{self.state.version} no longer valid: {exc}"
+            self.state.overlay = {}  # later changes start from the file's config, which is what runs
+            log.error("%s", self.error)
+        except sqlite3.Error as exc:
+            self.error = f"cannot read the stored fleet config: {exc}"
+            log.error("%s", self.error)
+        return self.file_config
 
     def apply_desired(self, version: int, patch: dict[str, Any]) -> Outcome | None:
         """A desired version; None when it is not newer than the applied one (ignored)."""
@@ -62,15 +87,15 @@ class ConfigService:
         return self._apply(patch, None)
 
     def _apply(self, patch: dict[str, Any], version: int | None) -> Outcome:
-        state = self.runtime.remote
+        state = self.state
         overlay = combine(state.overlay, patch)
         try:
-            new = effective_config(self.runtime.file_config, overlay)
+            new = effective_config(self.file_config, overlay)
         except ConfigError as exc:
             return self._done(Outcome("rejected", version, exc.errors))
-        old = self.runtime.config
+        old = self.device.config
         try:
-            changes = self.runtime.apply_config(new)
+            changes = self.device.apply_config(new)
         except ApplyError as exc:
             return self._done(Outcome("rejected", version, [(exc.path, str(exc))]))
         new_state = AppliedState(version if version is not None else state.version, overlay,
@@ -78,9 +103,9 @@ class ConfigService:
         try:
             self._persist(new_state)
         except Exception as exc:  # keep running and persisted in step: go back to what was saved
-            self.runtime.apply_config(old)
+            self.device.apply_config(old)
             return self._done(Outcome("rejected", version, [("(storage)", f"cannot persist the config: {exc}")]))
-        self.runtime.remote = new_state
+        self.state = new_state
         return self._done(Outcome("applied", version, changes=changes))
 
     def _persist(self, state: AppliedState) -> None:
@@ -102,20 +127,20 @@ class ConfigService:
     def reported(self, outcome: Outcome | None = None) -> dict[str, Any]:
         """The `config/reported` document for an outcome (default: the last one, or the applied state)."""
         outcome = outcome or self.last_outcome
-        state = self.runtime.remote
+        state = self.state
         doc: dict[str, Any] = {
             "v": 1,
             "version": state.version if outcome is None or outcome.version is None else outcome.version,
             "status": "applied" if outcome is None else outcome.status,
             "applied_version": state.version,
             "errors": [] if outcome is None else [{"path": p, "message": m} for p, m in outcome.errors],
-            "config": redacted(self.runtime.config),
+            "config": redacted(self.device.config),
             "ts_ms": int(time.time() * 1000),
         }
         if outcome is not None and outcome.changes:
             doc["changes"] = outcome.changes
-        if self.runtime.remote_error:
-            doc["warning"] = self.runtime.remote_error
+        if self.error:
+            doc["warning"] = self.error
         return doc
 
 
