@@ -81,3 +81,4 @@ def test_run_demo_then_inspect_the_store(tmp_path: Path) -> None:
     assert len({row["id"] for row in exported}) == len(exported)
     assert {"id", "camera", "ts_ms", "frame", "label", "class_id", "score", "box"} <= set(exported[0])
     assert (data / "device_id").read_text().strip().startswith("edge-")
+    assert (data / "edge-agent.db").is_file()  # the name README documents and installed devices have

@@ -16,7 +16,7 @@ from pathlib import Path
 from agent.config import MqttConfig, StorageConfig, validate_config
 from agent.runtime import Runtime
 from agent.store.outbox import next_session
-from agent.store.store import Store
+from agent.store.store import DB_NAME, Store
 from agent.sync.mqtt_link import MqttLink, random_boot_id
 from agent.sync.sync import Syncer
 from engines import Detection
@@ -41,7 +41,7 @@ def _fill_backlog(data: Path, detections: int) -> float:
 
 
 def _drain(data: Path, mqtt: MqttConfig, detections: int, timeout: float) -> dict:
-    db_path = data / "edge-agent.store.db"
+    db_path = data / DB_NAME
     link = MqttLink(mqtt, f"bench-{secrets.token_hex(3)}", random_boot_id(), lambda: next_session(db_path))
     syncer = Syncer(link, db_path, mqtt)
     syncer.start()

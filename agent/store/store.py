@@ -27,7 +27,7 @@ from engines import Detection
 
 log = logging.getLogger(__name__)
 
-DB_NAME = "edge-agent.store.db"
+DB_NAME = "edge-agent.db"
 # A writer batch carries at most this many rows; more waiting in the queue go in the next commit.
 MAX_ROWS_PER_COMMIT = 5000
 
