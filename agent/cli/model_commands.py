@@ -1,4 +1,4 @@
-"""`edge-agent models ...` and `selftest`: model tools run on the device."""
+"""`edge-agent detect`, `eval`, `models quantize` and `selftest`: model tools run on the device."""
 
 from __future__ import annotations
 
@@ -7,18 +7,86 @@ import json
 import sys
 from pathlib import Path
 
+from agent.cli.common import config_or_exit
 from engines.optimize.accuracy_gate import DEFAULT_MAX_DROP_POINTS, DEFAULT_MIN_AGREEMENT
 from engines.optimize.quantize import METHODS, MIN_CALIBRATION_FRAMES, TARGETS
 
 
+def _detector(args: argparse.Namespace):
+    from engines import BackendUnavailable, DetectorConfig, ModelError, load_detector
+
+    settings: dict = {"path": args.model}
+    if getattr(args, "labels", None):
+        settings["labels"] = args.labels
+    if getattr(args, "score_threshold", None) is not None:
+        settings["score_threshold"] = args.score_threshold
+    try:
+        return load_detector(DetectorConfig(**settings))
+    except (ModelError, BackendUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    import cv2
+
+    detector = _detector(args)
+    status = 0
+    for image_path in args.images:
+        image = cv2.imread(image_path)
+        if image is None:
+            print(f"error: cannot read image {image_path}", file=sys.stderr)
+            status = 1
+            continue
+        detections = detector.detect([image])[0]
+        if args.json:
+            print(json.dumps({"image": image_path, "detections": [d.to_dict() for d in detections]}))
+        else:
+            print(f"{image_path}: {len(detections)} detection(s)")
+            for d in detections:
+                print(f"  {d.label:<12} {d.score:.2f}  " + " ".join(f"{v:.0f}" for v in d.box))
+    return status
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from agent.demo.clips import write_clip
+    from agent.demo.evaluate import evaluate_clip
+
+    detector = _detector(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = Path(args.clip) if args.clip else write_clip(Path(tmp) / "held-out.mp4", args.seconds, args.seed)
+        result = evaluate_clip(detector, clip)
+    names = detector.labels
+    report = {
+        "model": detector.info.model_path,
+        "clip": args.clip or f"generated (seed {args.seed}, {args.seconds:g}s)",
+        "frames": result.frames,
+        "truths": result.map50.truths,
+        "map50": round(result.map50.map, 4),
+        "map50_at_score_threshold": round(result.map50_at_operating.map, 4),
+        "score_threshold": detector.score_threshold,
+        "per_class_ap50": {names[c] if c < len(names) else str(c): round(ap, 4)
+                           for c, ap in result.map50.per_class.items()},
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"mAP@0.5 {report['map50']:.3f} on {report['frames']} frames ({report['truths']} objects); "
+              f"{report['map50_at_score_threshold']:.3f} counting only scores ≥ {detector.score_threshold}")
+        for name, ap in report["per_class_ap50"].items():
+            print(f"  {name:<12} AP50 {ap:.3f}")
+    return 0
+
+
 def cmd_models_quantize(args: argparse.Namespace) -> int:
     from agent.cli.calibration import CalibrationSourceError, sample_frames
-    from agent.cli.main import _config_or_exit
     from agent.cli.model_quantize import quantize_with_gate
     from engines import ModelError
     from engines.optimize.quantize import QuantizationError
 
-    config = _config_or_exit(args.config)
+    config = config_or_exit(args.config)
     model = config.model.model_copy(update={"path": args.model})
     out = Path(args.out).expanduser()
     try:
@@ -54,11 +122,10 @@ def cmd_models_quantize(args: argparse.Namespace) -> int:
 def cmd_selftest(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from agent.cli.main import _config_or_exit
     from agent.cli.selftest import format_results, run_selftest
     from engines import GpuResources
 
-    config = _config_or_exit(args.config)
+    config = config_or_exit(args.config)
     gpu = GpuResources(config.gpu.memory_budget_mb, config.gpu.device_id)
     cache = config.model.engine.cache_dir if config.model.engine.type == "tensorrt" else \
         config.storage.path / "engines"
@@ -71,6 +138,22 @@ def cmd_selftest(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("detect", help="detect objects in images")
+    s.add_argument("--model", default="demo", help="ONNX file, or 'demo'")
+    s.add_argument("--labels", type=Path)
+    s.add_argument("--score-threshold", type=float)
+    s.add_argument("--json", action="store_true")
+    s.add_argument("images", nargs="+")
+    s.set_defaults(func=cmd_detect)
+
+    s = sub.add_parser("eval", help="mAP@0.5 of a model on a clip with ground truth")
+    s.add_argument("--model", default="demo")
+    s.add_argument("--clip", help="a clip with a FILE.json sidecar (default: a generated held-out clip)")
+    s.add_argument("--seed", type=int, default=1000, help="seed of the generated clip")
+    s.add_argument("--seconds", type=float, default=60.0)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_eval)
+
     s = sub.add_parser("models", help="model tools: INT8 quantization with an accuracy check")
     models = s.add_subparsers(dest="models_command", required=True)
     t = models.add_parser("quantize", help="INT8 from frames of this device's scene, accepted only if accurate")
