@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from agent.cli.console import StatusPrinter
+from agent.store.ids import uuid7
+from agent.store.store import DB_NAME, connect, migrate, transaction
 from engines.metrics import _iou
 
 
@@ -82,3 +87,45 @@ def test_run_demo_then_inspect_the_store(tmp_path: Path) -> None:
     assert {"id", "camera", "ts_ms", "frame", "label", "class_id", "score", "box"} <= set(exported[0])
     assert (data / "device_id").read_text().strip().startswith("edge-")
     assert (data / "edge-agent.db").is_file()  # the name README documents and installed devices have
+
+
+def test_store_export_into_a_pipe_closed_early_ends_quietly(tmp_path: Path) -> None:
+    db = connect(tmp_path / DB_NAME)
+    migrate(db)
+    with transaction(db):  # megabytes of JSON lines: far more than a pipe holds
+        db["detections"].insert_all(
+            {"id": uuid7(1_700_000_000_000 + i), "camera": "gate", "ts_ms": 1_700_000_000_000 + i, "frame": i,
+             "label": "person", "class_id": 0, "score": 0.5, "x1": 0.0, "y1": 0.0, "x2": 1.0, "y2": 1.0}
+            for i in range(20_000))
+    db.conn.close()
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "store", "export", "--data-dir", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = json.loads(proc.stdout.readline())
+    proc.stdout.close()  # the reader goes away, as `edge-agent store export | head -1` does
+    stderr = proc.stderr.read()
+    proc.wait(60)
+    assert first["camera"] == "gate" and first["frame"] == 0
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
+def test_status_lines_into_a_closed_pipe_stop_without_an_error() -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # `edge-agent run | head -1` after head has exited
+    out = os.fdopen(write_end, "w")
+    camera = {"state": "running", "fps": 10.0, "stages": {"infer": {"p50_ms": 3.0}}, "detections": 1,
+              "frames_dropped": 0, "reconnects": 0, "last_error": None}
+    snapshots = []
+
+    def snapshot() -> dict:
+        snapshots.append(1)
+        return {"cameras": {"gate": camera}, "store": {"dropped": 0, "write_errors": 0}}
+
+    printer = StatusPrinter(snapshot, 0.05, out)  # not a terminal: its own thread prints every 10 s at most
+    printer.start()
+    printer.print_once()  # EPIPE here must not escape: the agent runs on
+    printer.print_once()
+    printer.stop()
+    assert len(snapshots) == 1  # nothing more is computed for a reader that is gone
+    with contextlib.suppress(BrokenPipeError):
+        out.close()

@@ -40,6 +40,7 @@ class StatusPrinter:
         self._out = out
         self._tty = out.isatty()
         self._drawn = 0
+        self._closed = False  # the reader of our output went away (`edge-agent run | head`)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="status", daemon=True)
@@ -68,9 +69,15 @@ class StatusPrinter:
         return True
 
     def print_once(self) -> None:
+        if self._closed:
+            return
         lines = status_lines(self._snapshot())
         with self._lock:
-            self._write(lines)
+            try:
+                self._write(lines)
+            except BrokenPipeError:  # nobody reads the status any more; the agent runs on without it
+                self._closed = True
+                self._stop.set()
 
     def _write(self, lines: list[str]) -> None:
         if self._tty:
