@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.pipeline.metrics import LatencyWindow
+from agent.measure import LatencyWindow
 
 
 def test_extend_matches_adding_one_by_one_and_keeps_only_the_window() -> None:

@@ -32,7 +32,7 @@ from agent.capture.sources import (
 )
 from agent.config import CameraConfig
 from agent.demo.clips import ensure_demo_clip
-from agent.pipeline.metrics import LatencyWindow
+from agent.measure import LatencyWindow
 
 log = logging.getLogger(__name__)
 

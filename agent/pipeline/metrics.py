@@ -1,72 +1,14 @@
-"""Bounded measurements: latency percentiles over a window, and frame rates."""
+"""Per-camera pipeline figures: stage latencies, processed fps, frames and detections.
+
+The one place the pipeline's measurements are recorded; status, telemetry and (later) the
+health page and the quality controller all read them from here.
+"""
 
 from __future__ import annotations
 
 import threading
-import time
-from collections import deque
 
-import numpy as np
-
-WINDOW = 512  # samples kept per latency series
-
-
-class LatencyWindow:
-    """The last WINDOW samples of one latency, in milliseconds."""
-
-    def __init__(self, size: int = WINDOW) -> None:
-        self._values = np.zeros(size, np.float64)
-        self._count = 0
-        self._lock = threading.Lock()
-
-    def add(self, ms: float) -> None:
-        with self._lock:
-            self._values[self._count % len(self._values)] = ms
-            self._count += 1
-
-    def extend(self, values: list[float]) -> None:
-        """Add many samples under one lock (a hot path adds hundreds per call)."""
-        tail = np.asarray(values[-len(self._values):], np.float64)
-        with self._lock:
-            idx = (self._count + np.arange(len(tail))) % len(self._values)
-            self._values[idx] = tail
-            self._count += len(tail)
-
-    def percentiles(self, *qs: float) -> list[float | None]:
-        with self._lock:
-            n = min(self._count, len(self._values))
-            if n == 0:
-                return [None for _ in qs]
-            data = self._values[:n].copy()
-        return [float(v) for v in np.percentile(data, qs)]
-
-    def summary(self) -> dict[str, float | None]:
-        p50, p95 = self.percentiles(50, 95)
-        return {"p50_ms": None if p50 is None else round(p50, 2), "p95_ms": None if p95 is None else round(p95, 2)}
-
-
-class RateMeter:
-    """Events per second over the last few seconds."""
-
-    def __init__(self, horizon_s: float = 5.0, max_events: int = 4096) -> None:
-        self._times: deque[float] = deque(maxlen=max_events)
-        self._horizon = horizon_s
-        self._lock = threading.Lock()
-
-    def tick(self, now: float | None = None) -> None:
-        with self._lock:
-            self._times.append(time.monotonic() if now is None else now)
-
-    def rate(self, now: float | None = None) -> float:
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            while self._times and now - self._times[0] > self._horizon:
-                self._times.popleft()
-            if len(self._times) < 2:
-                return 0.0
-            span = max(now - self._times[0], self._times[-1] - self._times[0])
-            return (len(self._times) - 1) / span if span > 0 else 0.0
-
+from agent.measure import LatencyWindow, RateMeter
 
 STAGES = ("capture_age", "pre", "infer", "post", "store")
 

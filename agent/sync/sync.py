@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from agent.config import MqttConfig
-from agent.pipeline.metrics import LatencyWindow
+from agent.measure import LatencyWindow
 from agent.store.db import connect
 from agent.store.outbox import DETECTION, TELEMETRY, Outbox, OutboxRow
 from agent.sync.mqtt_link import MqttLink
