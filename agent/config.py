@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -26,7 +26,8 @@ def default_data_dir() -> Path:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Unknown keys are errors; so are inf and nan, which pass `gt`/`le` checks in surprising ways.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DeviceConfig(_Strict):
@@ -46,7 +47,7 @@ class ReconnectConfig(_Strict):
 
 class CameraConfig(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
-    source: str | int
+    source: str | Annotated[int, Field(ge=0, le=1023)]  # an int is a V4L2 device index
     fps: float = Field(10.0, gt=0, le=240, description="target frames per second")
     enabled: bool = True
     loop: bool = True  # files: restart at the end
@@ -81,18 +82,22 @@ def _demo_cameras() -> list[CameraConfig]:
 
 class StorageConfig(_Strict):
     path: Path = Field(default_factory=default_data_dir)
-    max_age_hours: float | None = Field(168.0, gt=0, description="detections older than this are trimmed")
-    max_size_mb: float | None = Field(1024.0, gt=1, description="database size cap; oldest rows trimmed first")
+    # Limits that delete data have floors, so a typo (0.01 for 10) cannot wipe the store.
+    max_age_hours: float | None = Field(168.0, ge=1, le=87_600,
+                                        description="detections older than this are trimmed (1 h to 10 years)")
+    max_size_mb: float | None = Field(1024.0, ge=16, le=1 << 20,
+                                      description="database size cap; oldest rows trimmed first")
     synchronous: Literal["full", "normal"] = Field(
         "full", description="full: a committed row survives power loss; normal: faster, may lose the last commits"
     )
     queue_size: int = Field(2048, ge=16, le=1_000_000, description="frames of results waiting for the writer")
     retention_interval_s: float = Field(60.0, gt=0, le=86400)
     outbox_max_rows: int = Field(
-        1_000_000, ge=100, le=100_000_000,
+        1_000_000, ge=10_000, le=100_000_000,
         description="messages waiting for the broker; beyond it health is trimmed before detections, counted",
     )
-    outbox_max_mb: float = Field(512.0, gt=0, description="payload bytes waiting for the broker, same policy")
+    outbox_max_mb: float = Field(512.0, ge=16, le=1 << 20,
+                                 description="payload bytes waiting for the broker, same policy")
 
 
 class TlsConfig(_Strict):

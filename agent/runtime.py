@@ -288,6 +288,7 @@ class Runtime:
                 "queue_depth": self.store.queue_depth,
                 "dropped": self.store.dropped,
                 "write_errors": self.store.write_errors,
+                "retention_errors": self.store.retention_errors,
                 "last_error": self.store.last_error,
             },
         }

@@ -25,7 +25,7 @@ ProviderName = Literal["CPUExecutionProvider", "CUDAExecutionProvider", "Tensorr
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class CudaProviderConfig(_Strict):
@@ -33,7 +33,7 @@ class CudaProviderConfig(_Strict):
 
     device_id: int = Field(0, ge=0, le=15)
     # MiB of the GPU budget this session may use for its arena; None: all of what is left at load.
-    mem_limit_mb: int | None = Field(None, ge=16)
+    mem_limit_mb: int | None = Field(None, ge=16, le=1 << 20)
     cudnn_workspace_limited: bool = Field(True, description="cap cuDNN's conv workspace instead of taking the max")
 
 
@@ -84,7 +84,7 @@ class TensorRTConfig(_Strict):
     cache_dir: Path = DEFAULT_ENGINE_CACHE / "tensorrt"
     device_id: int = Field(0, ge=0, le=15)
     dla_core: int | None = Field(None, ge=0, le=1, description="Jetson DLA core, with GPU fallback")
-    build_timeout_s: float = Field(3600.0, gt=0, description="builds take minutes on a Jetson")
+    build_timeout_s: float = Field(3600.0, gt=0, le=86_400, description="builds take minutes on a Jetson")
 
 
 def _engine_type(value: Any) -> str | None:
@@ -108,10 +108,13 @@ EngineConfig = Annotated[
 ]
 
 
+InputSide = Annotated[int, Field(ge=32, le=4096)]  # a model input's height or width, pixels
+
+
 class DetectorConfig(BaseModel):
     """Which model to run and how to read its outputs."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     path: str = DEMO_MODEL_NAME
     labels: Path | None = None
@@ -119,17 +122,10 @@ class DetectorConfig(BaseModel):
     iou_threshold: float = Field(0.5, gt=0.0, le=1.0)
     layout: Layout | Literal["auto"] = "auto"
     max_batch: int = Field(4, ge=1, le=64, description="cap for models with a dynamic batch dimension")
-    input_size: tuple[int, int] | None = Field(
+    input_size: tuple[InputSide, InputSide] | None = Field(
         None, description="[height, width] for models with a dynamic input size (default: their imgsz metadata)"
     )
     engine: EngineConfig = Field(default_factory=OnnxRuntimeConfig)
-
-    @field_validator("input_size")
-    @classmethod
-    def _sane_size(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
-        if v is not None and not all(32 <= d <= 4096 for d in v):
-            raise ValueError("input_size must be [height, width], each 32 to 4096")
-        return v
 
     @field_validator("path")
     @classmethod

@@ -90,3 +90,26 @@ def test_malformed_payloads_are_each_answered_and_never_break_the_agent(
     assert fleet.command(DEVICE, "ping")["ok"]
     frames = runtime.cameras["cam"].frames_captured
     wait_for(lambda: runtime.cameras["cam"].frames_captured > frames, what="still capturing")
+
+
+NUMERIC_SETTINGS = [("storage", "max_age_hours"), ("storage", "max_size_mb"), ("storage", "outbox_max_rows"),
+                    ("storage", "outbox_max_mb"), ("storage", "retention_interval_s"), ("telemetry", "interval_s"),
+                    ("model", "score_threshold"), ("model", "iou_threshold"), ("model", "max_batch")]
+EXTREMES = ["1e999", "-1e999", "NaN", "-0", "1e13", "1" + "0" * 30, "-" + "9" * 25]
+
+
+def test_numeric_extremes_in_real_settings_are_refused_and_the_store_keeps_writing(
+        agent: tuple[Runtime, FleetClient]) -> None:
+    runtime, fleet = agent
+    version = runtime.config_service.applied_version
+    for n, ((section, key), raw) in enumerate((s, v) for s in NUMERIC_SETTINGS for v in EXTREMES):
+        # Raw JSON text: 1e999 and NaN are what a hand-written or buggy fleet tool would send.
+        payload = f'{{"id": "extreme-{n}", "args": {{"config": {{"{section}": {{"{key}": {raw}}}}}}}}}'
+        answer = fleet.request(DEVICE, "set_config", payload, timeout=10)
+        assert answer is not None and answer["ok"] is False, (section, key, raw, answer)
+        assert answer["error"]["code"] == "rejected"
+        assert any(d["path"] == f"{section}.{key}" for d in answer["error"]["details"]), answer["error"]
+    assert runtime.config_service.applied_version == version
+    assert runtime.store.running and runtime.store.write_errors == 0 and runtime.store.retention_errors == 0
+    committed = runtime.store.committed_rows
+    wait_for(lambda: runtime.store.committed_rows > committed, what="detections still committed")

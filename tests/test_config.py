@@ -159,3 +159,65 @@ def test_snapshot_encoding_respects_the_cap_by_quality_then_size() -> None:
     assert encode_capped(flat, 20_000)[1] == 1.0  # fits at full size
     with pytest.raises(SnapshotTooLarge):
         encode_capped(image, 500)
+
+
+# -- numbers: finite ranges everywhere, floors for what deletes data --------------------------------
+def _numeric_settings(node: dict, defs: dict, path: str = "") -> list[tuple[str, dict]]:
+    """Every number or integer in the JSON schema, with its key path."""
+    while "$ref" in node:
+        node = defs[node["$ref"].rsplit("/", 1)[1]]
+    found = []
+    for variant in node.get("anyOf") or node.get("oneOf") or [node]:
+        while "$ref" in variant:
+            variant = defs[variant["$ref"].rsplit("/", 1)[1]]
+        if variant.get("type") in ("number", "integer"):
+            found.append((path, variant))
+        for key, sub in variant.get("properties", {}).items():
+            found += _numeric_settings(sub, defs, f"{path}.{key}" if path else key)
+        if "items" in variant:
+            found += _numeric_settings(variant["items"], defs, f"{path}[]")
+        for i, sub in enumerate(variant.get("prefixItems", [])):
+            found += _numeric_settings(sub, defs, f"{path}[{i}]")
+    return found
+
+
+def test_every_numeric_setting_has_a_finite_range() -> None:
+    schema = AgentConfig.model_json_schema()
+    settings = _numeric_settings(schema, schema.get("$defs", {}))
+    assert len(settings) > 30  # the walk reaches every section, engines' included
+    unbounded = [path for path, s in settings
+                 if not ({"minimum", "exclusiveMinimum"} & set(s) and {"maximum", "exclusiveMaximum"} & set(s))]
+    assert not unbounded
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("storage.max_age_hours", 1e999), ("storage.max_age_hours", float("nan")), ("storage.max_age_hours", 1e13),
+    ("storage.max_size_mb", -1e999), ("storage.outbox_max_rows", 10**30), ("storage.outbox_max_mb", 1e999),
+    ("storage.retention_interval_s", float("nan")), ("telemetry.interval_s", 1e999),
+    ("model.engine.cuda.mem_limit_mb", 10**30), ("model.score_threshold", float("nan")),
+    ("cameras[0].source", 10**30), ("cameras[0].fps", float("inf")),
+])
+def test_infinite_nan_and_huge_numbers_are_rejected_with_their_key_path(key: str, value: float) -> None:
+    from agent.config import validate_config
+
+    camera = {"name": "a", "source": "demo:1"}
+    settings: dict = {"cameras": [camera], "storage": {}, "telemetry": {}, "model": {"engine": {"cuda": {}}}}
+    *parents, leaf = key.replace("cameras[0]", "cameras").split(".")
+    node = settings
+    for part in parents:
+        node = node[part][0] if part == "cameras" else node[part]
+    node[leaf] = value
+    with pytest.raises(ConfigError) as err:
+        validate_config(settings)
+    reported = key.replace("model.engine.", "model.engine.onnxruntime.")  # the engine union names its type
+    assert any(path.startswith(reported) for path, _ in err.value.errors), err.value.errors
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("max_age_hours", 0.01), ("max_size_mb", 2), ("outbox_max_rows", 100), ("outbox_max_mb", 1),
+])
+def test_limits_that_delete_data_have_floors_against_typos(key: str, value: float) -> None:
+    from agent.config import StorageConfig
+
+    with pytest.raises(ValueError, match=key):
+        StorageConfig(**{key: value})

@@ -87,6 +87,22 @@ def test_results_after_stop_or_without_a_store_are_counted_as_dropped(tmp_path: 
     assert store.dropped == 2 and store.committed_rows == 1
 
 
+def test_a_failing_retention_is_counted_retried_and_the_writer_keeps_committing(tmp_path: Path) -> None:
+    # A value validation refuses (here put in behind its back): int(inf) raises OverflowError in retention.
+    config = StorageConfig(path=tmp_path).model_copy(update={"max_age_hours": float("inf"),
+                                                             "retention_interval_s": 0.05})
+    store = Store(tmp_path, config)
+    store.start()
+    try:
+        wait_for(lambda: store.retention_errors >= 2, what="retention failed, and was tried again")
+        assert store.running and "retention failed" in (store.last_error or "")
+        assert store.submit("cam", 0, int(time.time() * 1000), [DET])
+        wait_for(lambda: store.committed_rows == 1, what="a commit after the failures")
+    finally:
+        assert store.stop()
+    assert len(rows(store.path)) == 1
+
+
 def test_unopenable_database_is_reported(tmp_path: Path) -> None:
     (tmp_path / store_mod.DB_NAME).write_bytes(b"this is not a database" * 100)
     store = make_store(tmp_path)

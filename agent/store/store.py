@@ -121,6 +121,7 @@ class Store:
         self.committed_rows = 0
         self.commits = 0
         self.write_errors = 0
+        self.retention_errors = 0  # failed retention passes; each is tried again at the next interval
         self.last_error: str | None = None
 
     # -- lifecycle ----------------------------------------------------------------
@@ -244,7 +245,7 @@ class Store:
                 if self.outbox:
                     enqueue_detections(db, rows)
                     enqueue_readings(db, readings)
-        except sqlite3.Error as exc:  # disk full, I/O error: count, keep running
+        except Exception as exc:  # disk full, I/O error, a value SQLite cannot bind: count, keep running
             self.write_errors += 1
             self._count_dropped(len(items))
             self.last_error = f"write failed: {exc}"
@@ -263,8 +264,9 @@ class Store:
             trim_by_age(db, self.config.max_age_hours, stop=self._stopping)
             trim_by_size(db, self.config.max_size_mb, stop=self._stopping)
             trim_outbox(db, self.config.outbox_max_rows, int(self.config.outbox_max_mb * 1024 * 1024))
-        except sqlite3.Error as exc:
-            self.last_error = f"retention failed: {exc}"
+        except Exception as exc:  # never the writer's end: detections keep committing, retried next interval
+            self.retention_errors += 1
+            self.last_error = f"retention failed: {type(exc).__name__}: {exc}"
             log.error("store: %s", self.last_error)
 
 
