@@ -56,9 +56,19 @@ class Mosquitto:
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused broker would not act on SIGTERM
             self.proc.send_signal(sig)
             self.proc.wait(10)
         self.proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open but nothing is read or acknowledged (a link that stalls)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
 
     def log(self) -> str:
         path = self.dir / "mosquitto.log"

@@ -242,3 +242,31 @@ def test_mutual_tls_connects_and_wrong_trust_or_missing_client_cert_fail_clearly
         assert no_client_cert.returncode == 1 and "closed the connection" in no_client_cert.stderr
     finally:
         broker.stop()
+
+
+def test_stop_with_pahos_queue_full_ends_cleanly_and_the_broker_still_says_offline(tmp_path: Path) -> None:
+    import time
+
+    from agent.config import MqttConfig
+    from agent.sync.mqtt_link import MqttLink
+
+    broker = Mosquitto(tmp_path / "broker").start()
+    watcher = Collector(broker.port, "edge/dev-q/status", client_id="status-watcher")
+    link = MqttLink(MqttConfig(host="127.0.0.1", port=broker.port, window=1), "dev-q", "b00t", lambda: 1)
+    link.start()
+    try:
+        wait_for(link.connected.is_set, what="connected")
+        wait_for(lambda: any(s["online"] for s in watcher.status), what="birth seen")
+        broker.pause()  # PUBACKs stop: what paho holds stays held
+        assert link.publish("edge/dev-q/x", "1") is not None  # in flight
+        assert link.publish("edge/dev-q/x", "2") is not None  # queued: paho's queue (2 x window) is now full
+        assert link.publish("edge/dev-q/x", "3") is None
+        started = time.monotonic()
+        link.stop(timeout=1.0)  # the goodbye cannot even be queued: that must not raise
+        assert time.monotonic() - started < 2.0
+        broker.resume()
+        wait_for(lambda: watcher.status and not watcher.status[-1]["online"], what="offline status after stop")
+    finally:
+        broker.resume()
+        watcher.close()
+        broker.stop()

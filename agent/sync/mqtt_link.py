@@ -26,6 +26,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent import __version__
@@ -208,14 +209,22 @@ class MqttLink:
         return info.mid if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS else None
 
     def stop(self, timeout: float = 1.0) -> None:
-        """Say goodbye (retained offline status), disconnect cleanly, end the loop."""
+        """Say goodbye (retained offline status), disconnect, end the loop; never raises.
+
+        When the goodbye cannot be delivered in time (paho's queue is full, the link stalls or just
+        dropped), the DISCONNECT asks the broker to publish the Last Will, which says the same.
+        """
         deadline = time.monotonic() + timeout
         self._closing.set()
         if self.connected.is_set():
             info = self.client.publish(self.status_topic, self._status(False), qos=1, retain=True)
-            while not info.is_published() and time.monotonic() < deadline and self._thread.is_alive():
-                time.sleep(0.01)  # the network thread delivers it; nothing to wait on but its flag
-            self.client.disconnect()  # queued; the loop below still runs to send it
+            said_goodbye = False
+            if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:  # else is_published() raises: nothing to wait for
+                while not (said_goodbye := info.is_published()) and time.monotonic() < deadline \
+                        and self._thread.is_alive():
+                    time.sleep(0.01)  # the network thread delivers it; nothing to wait on but its flag
+            will = None if said_goodbye else ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message")
+            self.client.disconnect(reasoncode=will)  # queued; the loop below still runs to send it
             while self._socket_open() and time.monotonic() < deadline and self._thread.is_alive():
                 time.sleep(0.01)
         self._stop.set()
