@@ -7,14 +7,19 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from agent.config import validate_config
+from agent.config import MqttConfig, validate_config
 from agent.demo.clips import write_clip
 from agent.runtime import Runtime
-from agent.store.store import DB_NAME
+from agent.store.db import transaction
+from agent.store.outbox import Outbox, enqueue_detections
+from agent.store.store import DB_NAME, connect, migrate
+from agent.sync.mqtt_link import MqttLink
+from agent.sync.sync import FETCH, Syncer
 from tests.broker import Mosquitto
 from tests.helpers import wait_for
 from tests.mqtt_client import Collector
@@ -245,11 +250,6 @@ def test_mutual_tls_connects_and_wrong_trust_or_missing_client_cert_fail_clearly
 
 
 def test_stop_with_pahos_queue_full_ends_cleanly_and_the_broker_still_says_offline(tmp_path: Path) -> None:
-    import time
-
-    from agent.config import MqttConfig
-    from agent.sync.mqtt_link import MqttLink
-
     broker = Mosquitto(tmp_path / "broker").start()
     watcher = Collector(broker.port, "edge/dev-q/status", client_id="status-watcher")
     link = MqttLink(MqttConfig(host="127.0.0.1", port=broker.port, window=1), "dev-q", "b00t", lambda: 1)
@@ -269,4 +269,62 @@ def test_stop_with_pahos_queue_full_ends_cleanly_and_the_broker_still_says_offli
     finally:
         broker.resume()
         watcher.close()
+        broker.stop()
+
+
+def outbox_with_detections(data: Path, count: int, ts_ms: int) -> Path:
+    """A real database whose outbox holds `count` detections captured at `ts_ms`."""
+    data.mkdir(parents=True, exist_ok=True)
+    db = connect(data / DB_NAME)
+    migrate(db)
+    with transaction(db):
+        enqueue_detections(db, [{"id": f"d{i:06d}", "camera": "yard", "ts_ms": ts_ms, "frame": i, "label": "car",
+                                 "class_id": 2, "score": 0.9, "x1": 0.0, "y1": 0.0, "x2": 9.0, "y2": 9.0}
+                                for i in range(count)])
+    db.conn.close()
+    return data / DB_NAME
+
+
+def test_detections_stamped_ahead_by_a_clock_step_are_sent_without_waiting_for_the_clock(tmp_path: Path) -> None:
+    # A Jetson without RTC boots with a wrong clock; NTP then steps it back an hour. Rows captured before
+    # the step carry wall times an hour "in the future": batching must not hold them for that hour.
+    db_path = outbox_with_detections(tmp_path / "data", 5, int(time.time() * 1000) + 3_600_000)
+    broker = Mosquitto(tmp_path / "broker").start()
+    collector = Collector(broker.port, "edge/dev-clock/detections/#")
+    config = MqttConfig(host="127.0.0.1", port=broker.port)
+    link = MqttLink(config, "dev-clock", "b00t", lambda: 1)
+    syncer = Syncer(link, db_path, config)
+    syncer.start()
+    link.start()
+    try:
+        wait_for(lambda: len(collector.unique()) == 5, timeout=10, what="the 5 detections at the broker")
+        wait_for(lambda: outbox_pending(tmp_path / "data") == 0, timeout=10, what="outbox drained")
+    finally:
+        syncer.stop()
+        link.stop()
+        collector.close()
+        broker.stop()
+
+
+def test_a_refused_publish_backs_off_instead_of_spinning(tmp_path: Path) -> None:
+    db_path = outbox_with_detections(tmp_path / "data", FETCH + 500, int(time.time() * 1000))  # "more waiting"
+    broker = Mosquitto(tmp_path / "broker").start()
+    config = MqttConfig(host="127.0.0.1", port=broker.port, window=2)
+    link = MqttLink(config, "dev-spin", "b00t", lambda: 1)
+    syncer = Syncer(link, db_path, config)  # not started: its passes are run here, one by one
+    syncer.outbox = Outbox(connect(db_path))
+    link.start()
+    try:
+        wait_for(link.connected.is_set, what="connected")
+        broker.pause()  # nothing is acknowledged; fill paho's queue (2 x window) from outside the syncer
+        while link.publish("edge/dev-spin/other", "x") is not None:
+            pass
+        waits = [syncer._send() for _ in range(4)]
+        assert "refused" in syncer.last_publish_error
+        assert all(w > 0 for w in waits), waits  # before: 0 s, a pass after pass on one core
+        assert waits[-1] > waits[0]  # and growing while paho keeps refusing
+    finally:
+        syncer.outbox.db.conn.close()
+        broker.resume()
+        link.stop()
         broker.stop()

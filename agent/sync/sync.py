@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from agent.backoff import Backoff
 from agent.config import MqttConfig
 from agent.measure import LatencyWindow
 from agent.store.db import connect
@@ -51,6 +52,8 @@ class Syncer:
         self._inflight: dict[int, _InFlight] = {}
         self._busy: set[int] = set()  # seqs in flight
         self._cursor = 0  # highest seq handed to paho; rows given up on reset it
+        self._first_seen: dict[int, float] = {}  # head seq of a batch still gathering → monotonic time first seen
+        self._refusals = Backoff(0.05, 2.0)  # paho refusing publishes: wait longer each pass, never spin
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sync", daemon=True)
@@ -147,24 +150,42 @@ class Syncer:
         if not rows:
             return 0.5
         more_waiting = len(fetched) >= FETCH
-        now_ms = int(time.time() * 1000)
+        now_ms, now_mono = int(time.time() * 1000), time.monotonic()
         wait = 0.5
         left_behind: list[int] = []  # seqs not handed over this pass: the cursor must not pass them
+        gathering: dict[int, float] = {}
+        refused = False
         for topic, group in self._messages(rows):
-            oldest = min(r.created_ms for r in group)  # capture time of the oldest detection
-            age_left = self.config.batch.max_age_ms - (now_ms - oldest)
+            age_left = self._batch_age_left(group, now_ms, now_mono)
             ready = group[0].kind != DETECTION or self._is_full(group) or more_waiting or age_left <= 0
             if room <= 0 or not ready or not self._publish(topic, group):
                 left_behind.append(group[0].seq)
                 if not ready:
+                    gathering[group[0].seq] = self._first_seen.get(group[0].seq, now_mono)
                     wait = min(wait, age_left / 1000)  # let it gather companions a little longer
                 elif room > 0:
-                    wait = 0.2  # paho refused it just now
+                    refused = True  # paho will not take more now: stop this pass
+                    break
                 continue
             room -= 1
+        self._first_seen = gathering  # only batches still gathering: bounded by the cameras
         if left_behind:
             self._cursor = min(self._cursor, min(left_behind) - 1)
+        if refused:
+            return self._refusals.next_delay()
+        self._refusals.reset()
         return 0.0 if (more_waiting and room > 0) else max(0.0, wait)
+
+    def _batch_age_left(self, group: list[OutboxRow], now_ms: int, now_mono: float) -> float:
+        """Milliseconds a detection batch may still wait for companions.
+
+        Capture times are wall clock (data); the wait is also bounded on the monotonic clock from when
+        this batch was first seen, so a clock stepped back (NTP on a Jetson without RTC) cannot hold it.
+        """
+        oldest = min(r.created_ms for r in group)
+        by_wall = self.config.batch.max_age_ms - (now_ms - oldest)
+        by_mono = self.config.batch.max_age_ms - (now_mono - self._first_seen.get(group[0].seq, now_mono)) * 1000
+        return min(by_wall, by_mono)
 
     def _is_full(self, group: list[OutboxRow]) -> bool:
         return len(group) >= self.config.batch.max_count or \
