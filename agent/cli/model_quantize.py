@@ -16,6 +16,7 @@ import numpy as np
 
 from agent.cli.calibration import SampledFrames
 from engines import Detector, DetectorConfig, OnnxRuntimeConfig, load_detector, resolve_model_path
+from engines.files import durable_replace
 from engines.optimize.accuracy_gate import GateResult, Predictions, against_fp32, against_ground_truth
 from engines.optimize.quantize import QuantizedModel, quantize_model
 
@@ -74,7 +75,7 @@ def quantize_with_gate(model: DetectorConfig, frames: SampledFrames, out: Path, 
         int8_bytes = candidate.stat().st_size
         written = None
         if gate.passed:
-            os.replace(candidate, out)
+            durable_replace(candidate, out)
             written = out
         return QuantizeResult(quantized, gate, written, source.stat().st_size, int8_bytes)
     finally:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engines.files import atomic_write
 from engines.gpu_budget import GpuMemoryBudget
 from engines.tensorrt.allocator import BudgetedAllocations, make_trt_allocator
 from engines.tensorrt.features import TrtFeatures
@@ -118,7 +119,7 @@ def run_build(job: BuildJob, report: Callable[[str], None]) -> None:
         raise BuildError("TensorRT failed to build the engine (see the TensorRT log above)")
     cache = PlanCache(job.plan_path.parent)
     cache.store(job.plan_path, job.key, bytes(plan))
-    job.timing_cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    atomic_write(job.timing_cache_path, bytes(config.get_timing_cache().serialize()))
     report("done")
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from engines.files import atomic_write
 
 L4T_RELEASE_FILE = Path("/etc/nv_tegra_release")
 
@@ -48,20 +48,6 @@ def l4t_release(path: Path = L4T_RELEASE_FILE) -> str | None:
     return f"{match[1]}.{match[2]}" if match else "unknown"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class PlanCache:
     def __init__(self, directory: Path) -> None:
         self.directory = directory.expanduser()
@@ -81,8 +67,8 @@ class PlanCache:
             return None
 
     def store(self, path: Path, key: EngineKey, plan: bytes) -> None:
-        _atomic_write(path, plan)
-        _atomic_write(path.with_suffix(".json"), json.dumps(asdict(key), indent=1).encode())
+        atomic_write(path, plan)
+        atomic_write(path.with_suffix(".json"), json.dumps(asdict(key), indent=1).encode())
 
     def discard(self, path: Path) -> None:
         path.unlink(missing_ok=True)
