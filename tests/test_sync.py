@@ -328,3 +328,31 @@ def test_a_refused_publish_backs_off_instead_of_spinning(tmp_path: Path) -> None
         broker.resume()
         link.stop()
         broker.stop()
+
+
+def test_a_session_counter_that_cannot_be_written_still_gives_a_full_connection(tmp_path: Path) -> None:
+    from agent.fleet.fleet import FleetClient
+    from agent.store.outbox import next_session
+
+    broken = tmp_path / "broken.db"
+    broken.write_bytes(b"not a database, as a torn disk leaves it " * 200)
+    broker = Mosquitto(tmp_path / "broker").start()
+    watcher = Collector(broker.port, "edge/dev-s/status", client_id="status-watcher")
+    link = MqttLink(MqttConfig(host="127.0.0.1", port=broker.port), "dev-s", "b00t", lambda: next_session(broken))
+    received: list[str] = []
+    link.subscriptions.append("edge/dev-s/cmd/+")
+    link.on_message = lambda message, connection: (received.append(message.topic), link.ack(message, connection))
+    link.start()
+    fleet = FleetClient(MqttConfig(host="127.0.0.1", port=broker.port))
+    try:
+        wait_for(link.connected.is_set, timeout=10, what="connected although the counter failed")
+        wait_for(lambda: any(s["online"] for s in watcher.status), what="birth published")
+        assert watcher.status[-1]["session"] >= 1
+        assert "session counter" in (link.last_error or "")
+        fleet.request("dev-s", "ping", b"{}", timeout=0.5)  # no answer expected: only that it arrives
+        wait_for(lambda: "edge/dev-s/cmd/ping" in received, what="subscribed: the command arrives")
+    finally:
+        fleet.close()
+        link.stop()
+        watcher.close()
+        broker.stop()

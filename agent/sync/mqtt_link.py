@@ -93,6 +93,7 @@ class MqttLink:
         self._stop = threading.Event()
         self._closing = threading.Event()  # clean stop under way: do not reconnect
         self._backoff = Backoff(config.reconnect.initial_s, config.reconnect.max_s, full_jitter=True)
+        self._retry_at = 0.0  # monotonic: no reconnect before this (a connect that failed half-way)
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
         self.client = self._make_client()
 
@@ -126,21 +127,34 @@ class MqttLink:
                 log.error("mqtt: %s", self.last_error)
                 return
             no_delay(client)
-            self.session = self._next_session()
+            session_error = self._count_session()
             self.max_packet_size = getattr(properties, "MaximumPacketSize", None) if properties else None
             client.publish(self.status_topic, self._status(True), qos=1, retain=True)  # birth before any data
             if self.subscriptions:  # retain as published: a handler can tell (and refuse) retained commands
                 options = SubscribeOptions(qos=1, retainAsPublished=True)
                 client.subscribe([(topic, options) for topic in self.subscriptions])
             self.connects += 1
-            self.last_error = None
+            self.last_error = session_error
             self._backoff.reset()
             self.connected.set()
             log.info("mqtt: connected to %s:%d (session %d)", self.config.host, self.config.port, self.session)
             for hook in self.on_connected:
                 hook()
-        except Exception:
-            log.exception("mqtt: on_connect failed")
+        except Exception:  # never stay half-connected (nothing subscribed, nothing sent): start over
+            log.exception("mqtt: on_connect failed; reconnecting")
+            self.connected.clear()
+            self._retry_at = time.monotonic() + self._backoff.next_delay()
+            client.disconnect()
+
+    def _count_session(self) -> str | None:
+        """One more session, from the database; if it cannot be written, go on counting in memory."""
+        try:
+            self.session = self._next_session()
+            return None
+        except Exception as exc:  # a broken store must not keep the fleet from seeing the device
+            self.session += 1
+            log.error("mqtt: session counter not stored (%s); session %d counted in memory", exc, self.session)
+            return f"session counter not stored: {exc}"
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any,
                        _properties: Properties | None) -> None:
@@ -182,6 +196,9 @@ class MqttLink:
             if not self._socket_open():
                 if self._closing.is_set():
                     return
+                if (pause := self._retry_at - time.monotonic()) > 0:
+                    self._stop.wait(pause)
+                    continue
                 props = Properties(PacketTypes.CONNECT)
                 props.SessionExpiryInterval = self.config.session_expiry_s
                 props.MaximumPacketSize = MAX_INCOMING_PACKET
