@@ -146,6 +146,19 @@ def test_remote_overlay_merges_restores_defaults_and_refuses_local_only_sections
     assert "hunter2" not in str(redacted(base))
 
 
+def test_remote_overlay_can_switch_the_engine_type_and_cannot_reset_storage_wholesale() -> None:
+    from agent.control.remote_config import effective_config
+
+    base = AgentConfig(model={"engine": {"type": "onnxruntime", "intra_op_threads": 2}})
+    switched = effective_config(base, {"model": {"engine": {"type": "tensorrt", "precision": "fp16"}}})
+    assert switched.model.engine.type == "tensorrt" and switched.model.engine.precision == "fp16"
+    same_type = effective_config(base, {"model": {"engine": {"allow_spinning": True}}})
+    assert same_type.model.engine.intra_op_threads == 2 and same_type.model.engine.allow_spinning  # merged
+    with pytest.raises(ConfigError) as err:  # null would reset storage.path and the other local-only keys
+        effective_config(base, {"storage": None})
+    assert [path for path, _ in err.value.errors] == ["storage"]
+
+
 def test_snapshot_encoding_respects_the_cap_by_quality_then_size() -> None:
     from agent.control.snapshot import SnapshotTooLarge, encode_capped
 

@@ -55,9 +55,9 @@ class Setup:
 @pytest.fixture
 def setup(tmp_path: Path, short_clip: Path) -> Iterator[Setup]:
     broker = Mosquitto(tmp_path / "broker").start()
-    fleet = FleetClient(MqttConfig(host="127.0.0.1", port=broker.port))
-    yield Setup(tmp_path, short_clip, broker, fleet)
-    fleet.close()
+    setup = Setup(tmp_path, short_clip, broker, FleetClient(MqttConfig(host="127.0.0.1", port=broker.port)))
+    yield setup
+    setup.fleet.close()  # the one in use: a test may have replaced it
     broker.stop()
 
 
@@ -108,6 +108,62 @@ def test_stored_fleet_config_that_the_edited_file_no_longer_admits_runs_the_file
         assert runtime.config.model.engine.type == "tensorrt"  # the file's config runs
         wait_for(lambda: (setup.reported() or {}).get("warning") == error, what="the warning reported")
         assert setup.reported()["applied_version"] == 1
+    finally:
+        runtime.stop()
+
+
+def test_desired_config_is_the_fleets_whole_overlay_so_histories_do_not_matter(setup: Setup) -> None:
+    runtime = setup.start_device()
+    try:
+        _, report = setup.fleet.publish_desired(DEVICE, {"model": {"score_threshold": 0.55}})
+        assert report["status"] == "applied" and runtime.config.model.score_threshold == 0.55
+        _, report = setup.fleet.publish_desired(DEVICE, {"telemetry": {"interval_s": 7}})
+        assert report["status"] == "applied" and report["version"] == 2
+        seen_both = redacted_without_identity(runtime.config)
+        assert runtime.config.model.score_threshold == 0.4  # v2 replaced v1: back to the file's value
+    finally:
+        runtime.stop()
+    # A device that was away for v1 sees only the retained v2, and ends in the same place.
+    newcomer = Runtime(validate_config(device_settings(setup.tmp_path / "newcomer", setup.clip, setup.broker.port,
+                                                       device={"id": "dev-new"})))
+    setup.fleet.publish_desired("dev-new", {"telemetry": {"interval_s": 7}}, timeout=0.2)
+    newcomer.start()
+    try:
+        wait_for(lambda: newcomer.config_service.applied_version == 1, what="newcomer applied the desired config")
+        assert redacted_without_identity(newcomer.config) == seen_both
+    finally:
+        newcomer.stop()
+
+
+def redacted_without_identity(config) -> dict:
+    data = config.model_dump(mode="json")
+    data.pop("device")
+    data["storage"].pop("path")
+    return data
+
+
+def test_a_rejected_version_is_not_retried_on_reconnect_or_restart(setup: Setup) -> None:
+    runtime = setup.start_device()
+    try:
+        _, report = setup.fleet.publish_desired(DEVICE, {"model": {"path": "/nonexistent.onnx"}})
+        assert report["status"] == "rejected" and report["version"] == 1
+        connects = runtime.link.connects
+        setup.broker.stop()
+        setup.broker.start()  # the retained v1 is delivered again on the new connection
+        setup.fleet.close()  # the operator's client does not reconnect by itself
+        setup.fleet = FleetClient(MqttConfig(host="127.0.0.1", port=setup.broker.port))
+        wait_for(lambda: runtime.link.connects > connects, what="reconnected")
+        wait_for(lambda: runtime.channel.counts["desired_ignored"] == 1, what="retained v1 seen again, ignored")
+        assert runtime.channel.counts["desired_rejected"] == 1  # not tried a second time
+    finally:
+        runtime.stop()
+    runtime = setup.start_device()
+    try:
+        wait_for(lambda: runtime.channel.counts["desired_ignored"] == 1, what="v1 ignored after a restart too")
+        assert runtime.channel.counts["desired_rejected"] == 0
+        wait_for(lambda: (setup.reported() or {}).get("ts_ms", 0) > report["ts_ms"], what="reported again")
+        again = setup.reported()
+        assert again["status"] == "rejected" and again["version"] == 1 and again["errors"] == report["errors"]
     finally:
         runtime.stop()
 

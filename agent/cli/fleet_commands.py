@@ -216,5 +216,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     target = t.add_mutually_exclusive_group(required=True)
     target.add_argument("device", nargs="?")
     target.add_argument("--all", action="store_true", help="every device with a retained status")
-    t.add_argument("file", help="YAML: the settings to change (a partial config)")
+    t.add_argument("file", help="YAML: the fleet's whole overlay (a partial config); it replaces the previous one")
     t.set_defaults(func=cmd_fleet_config)

@@ -1,8 +1,10 @@
 """Applies config changes from the fleet: validate, apply live, persist, report.
 
 Two ways in, one path: a versioned desired config (retained on
-`config/desired`) and the `set_config` / `camera` commands (one-off changes
-that keep the applied version). A change that does not validate, or that the
+`config/desired`: the fleet's whole overlay, replacing the previous one) and
+the `set_config` / `camera` commands (one-off changes merged onto the overlay,
+keeping the applied version). A rejected version is remembered, persisted, and
+not tried again on reconnects or restarts until a newer one comes. A change that does not validate, or that the
 device cannot apply (a model that does not load), is rejected with key-path
 errors and the running config stays as it was (DESIGN invariant 4). An applied
 change is persisted (overlay and version in one row) before it is reported.
@@ -13,7 +15,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,10 @@ from agent.control.remote_config import AppliedState, combine, effective_config,
 from agent.store.db import connect
 
 log = logging.getLogger(__name__)
+
+# Refusals that say nothing about the version itself (the agent was stopping, the database failed):
+# such a version is tried again when it is delivered again.
+TRANSIENT = frozenset({"(agent)", "(storage)"})
 
 
 @dataclass
@@ -63,6 +69,8 @@ class ConfigService:
                 self.state = load_state(db)
             finally:
                 db.conn.close()
+            if self.state.rejected_version > self.state.version:  # still what the fleet should see
+                self.last_outcome = Outcome("rejected", self.state.rejected_version, self.state.rejected_errors)
             if self.state.version:
                 config = effective_config(self.file_config, self.state.overlay)
                 log.info("config version %d from the fleet applied on top of the config file", self.state.version)
@@ -76,19 +84,22 @@ class ConfigService:
             log.error("%s", self.error)
         return self.file_config
 
-    def apply_desired(self, version: int, patch: dict[str, Any]) -> Outcome | None:
-        """A desired version; None when it is not newer than the applied one (ignored)."""
-        if version <= self.applied_version:
+    def apply_desired(self, version: int, overlay: dict[str, Any]) -> Outcome | None:
+        """A desired version: the fleet's whole overlay. None when not newer than the applied or the
+        last rejected version (ignored)."""
+        if version <= max(self.applied_version, self.state.rejected_version):
             return None
-        return self._apply(patch, version)
+        outcome = self._apply(overlay, version)
+        if not outcome.ok and not any(path in TRANSIENT for path, _ in outcome.errors):
+            self._remember_rejection(outcome)
+        return outcome
 
     def apply_patch(self, patch: dict[str, Any]) -> Outcome:
-        """A one-off change from a command; the applied version stays."""
-        return self._apply(patch, None)
+        """A one-off change from a command, merged onto the overlay; the applied version stays."""
+        return self._apply(combine(self.state.overlay, patch), None)
 
-    def _apply(self, patch: dict[str, Any], version: int | None) -> Outcome:
+    def _apply(self, overlay: dict[str, Any], version: int | None) -> Outcome:
         state = self.state
-        overlay = combine(state.overlay, patch)
         try:
             new = effective_config(self.file_config, overlay)
         except ConfigError as exc:
@@ -98,8 +109,8 @@ class ConfigService:
             changes = self.device.apply_config(new)
         except ApplyError as exc:
             return self._done(Outcome("rejected", version, [(exc.path, str(exc))]))
-        new_state = AppliedState(version if version is not None else state.version, overlay,
-                                 int(time.time() * 1000))
+        new_state = replace(state, version=version if version is not None else state.version, overlay=overlay,
+                            applied_ms=int(time.time() * 1000))
         try:
             self._persist(new_state)
         except Exception as exc:  # keep running and persisted in step: go back to what was saved
@@ -107,6 +118,14 @@ class ConfigService:
             return self._done(Outcome("rejected", version, [("(storage)", f"cannot persist the config: {exc}")]))
         self.state = new_state
         return self._done(Outcome("applied", version, changes=changes))
+
+    def _remember_rejection(self, outcome: Outcome) -> None:
+        assert outcome.version is not None
+        self.state = replace(self.state, rejected_version=outcome.version, rejected_errors=list(outcome.errors))
+        try:
+            self._persist(self.state)
+        except Exception as exc:  # then it is remembered until the agent restarts
+            log.error("cannot persist that config version %d was rejected: %s", outcome.version, exc)
 
     def _persist(self, state: AppliedState) -> None:
         db = connect(self._db_path)

@@ -1,9 +1,11 @@
-"""Config from the fleet: partial configs merged onto the running one, checked, redacted, persisted.
+"""Config from the fleet: an overlay on the file's config, checked, redacted, persisted.
 
-A desired config is a partial AgentConfig. Patches accumulate into an overlay
-(a null means "back to the default") kept in SQLite in one row together with
-the version it brought the device to, so the pair is written atomically. The
-effective config is always the file's config with the overlay on top: a
+The overlay is a partial AgentConfig (a null means "back to the default"). A
+desired version carries the fleet's whole overlay and replaces the previous
+one, so devices that saw different histories end alike; a command's change is
+merged onto the overlay in place. The overlay is kept in SQLite in one row
+with the version it brought the device to, so the pair is written atomically.
+The effective config is always the file's config with the overlay on top: a
 restart rebuilds exactly what ran. Sections that need a restart, or that could
 cut the device off its broker (`mqtt`, `device`, `storage.path`), are refused
 with their key path: those stay in the device's own config file.
@@ -29,11 +31,13 @@ REDACTED = "<redacted>"
 
 @dataclass
 class AppliedState:
-    """What the fleet has changed on this device, and the version that brought it here."""
+    """What the fleet has changed on this device, the version that brought it here, and the last refusal."""
 
     version: int = 0
     overlay: dict[str, Any] = field(default_factory=dict)
     applied_ms: int = 0
+    rejected_version: int = 0  # a desired version not newer than this is not tried again
+    rejected_errors: list[tuple[str, str]] = field(default_factory=list)
 
 
 def combine(overlay: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -48,12 +52,17 @@ def combine(overlay: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_overlay(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    """`base` with the overlay applied; a null removes the key, so its default applies."""
+    """`base` with the overlay applied; a null removes the key, so its default applies.
+
+    A mapping that names another `type` than the base's (`model.engine`: onnxruntime → tensorrt) is a
+    different kind of thing: it replaces the base's mapping instead of merging onto its fields.
+    """
     out = copy.deepcopy(base)
     for key, value in overlay.items():
         if value is None:
             out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+        elif isinstance(value, dict) and isinstance(out.get(key), dict) \
+                and value.get("type", out[key].get("type")) == out[key].get("type"):
             out[key] = apply_overlay(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -67,6 +76,8 @@ def remote_key_errors(patch: dict[str, Any]) -> list[tuple[str, str]]:
         if key not in REMOTE_SECTIONS:
             errors.append((str(key), "cannot be changed over MQTT (set it in the device's config file)"))
     storage = patch.get("storage")
+    if "storage" in patch and storage is None:  # a null would reset the local-only keys too
+        errors.append(("storage", "cannot be reset as a whole over MQTT (reset its settings one by one)"))
     if isinstance(storage, dict):
         for key in LOCAL_ONLY_STORAGE:
             if key in storage:
@@ -98,18 +109,22 @@ def redacted(config: AgentConfig) -> dict[str, Any]:
 
 # -- persistence (the remote_config table, schema v3) ----------------------------------
 def load_state(db: sqlite_utils.Database) -> AppliedState:
-    row = db.execute("SELECT version, overlay, applied_ms FROM remote_config WHERE id = 1").fetchone()
+    row = db.execute("SELECT version, overlay, applied_ms, rejected_version, rejected_errors "
+                     "FROM remote_config WHERE id = 1").fetchone()
     if row is None:
         return AppliedState()
-    return AppliedState(int(row[0]), json.loads(row[1]), int(row[2]))
+    return AppliedState(int(row[0]), json.loads(row[1]), int(row[2]), int(row[3]),
+                        [(str(p), str(m)) for p, m in json.loads(row[4])])
 
 
 def save_state(db: sqlite_utils.Database, state: AppliedState) -> None:
     """Version and overlay in one row, one transaction: never one without the other."""
     with transaction(db):
         db.execute(
-            "INSERT INTO remote_config(id, version, overlay, applied_ms) VALUES (1, ?, ?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET version = excluded.version, overlay = excluded.overlay, "
-            "applied_ms = excluded.applied_ms",
-            (state.version, json.dumps(state.overlay), state.applied_ms),
+            "INSERT INTO remote_config(id, version, overlay, applied_ms, rejected_version, rejected_errors) "
+            "VALUES (1, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET version = excluded.version, "
+            "overlay = excluded.overlay, applied_ms = excluded.applied_ms, "
+            "rejected_version = excluded.rejected_version, rejected_errors = excluded.rejected_errors",
+            (state.version, json.dumps(state.overlay), state.applied_ms, state.rejected_version,
+             json.dumps(state.rejected_errors)),
         )

@@ -62,7 +62,13 @@ def _migrate_v3(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX command_answers_age ON command_answers(created_ms)")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_v1, _migrate_v2, _migrate_v3]
+def _migrate_v4(db: sqlite_utils.Database) -> None:
+    """The last desired version the device rejected, and why: not tried again until a newer one comes."""
+    db.execute("ALTER TABLE remote_config ADD COLUMN rejected_version INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE remote_config ADD COLUMN rejected_errors TEXT NOT NULL DEFAULT '[]'")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_v1, _migrate_v2, _migrate_v3, _migrate_v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
