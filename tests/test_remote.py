@@ -153,13 +153,14 @@ def test_a_rejected_version_is_not_retried_on_reconnect_or_restart(setup: Setup)
         setup.fleet.close()  # the operator's client does not reconnect by itself
         setup.fleet = FleetClient(MqttConfig(host="127.0.0.1", port=setup.broker.port))
         wait_for(lambda: runtime.link.connects > connects, what="reconnected")
-        wait_for(lambda: runtime.channel.counts["desired_ignored"] == 1, what="retained v1 seen again, ignored")
+        # Seen again as retained, and maybe also redelivered (the broker stopped before our ack reached it).
+        wait_for(lambda: runtime.channel.counts["desired_ignored"] >= 1, what="retained v1 seen again, ignored")
         assert runtime.channel.counts["desired_rejected"] == 1  # not tried a second time
     finally:
         runtime.stop()
     runtime = setup.start_device()
     try:
-        wait_for(lambda: runtime.channel.counts["desired_ignored"] == 1, what="v1 ignored after a restart too")
+        wait_for(lambda: runtime.channel.counts["desired_ignored"] >= 1, what="v1 ignored after a restart too")
         assert runtime.channel.counts["desired_rejected"] == 0
         wait_for(lambda: (setup.reported() or {}).get("ts_ms", 0) > report["ts_ms"], what="reported again")
         again = setup.reported()
@@ -412,3 +413,62 @@ def test_fleet_cli_lists_reads_status_sends_commands_and_configures(setup: Setup
         runtime.stop()
     code, out = fleet("list")
     assert code == 0 and f"{DEVICE}" in out and "offline" in out
+
+
+def flood_while_blocked(runtime: Runtime, fleet: FleetClient, count: int) -> None:
+    """Block the command worker (as a slow model load does) and send `count` commands nobody waits for."""
+    fleet.request(DEVICE, "set_config", json.dumps({"id": "slow", "args": {"config": {}}}), timeout=0.1)
+    for n in range(count):
+        fleet.client.publish(f"edge/{DEVICE}/cmd/ping", json.dumps({"id": f"p{n}"}), qos=1)
+
+
+def test_a_flood_of_commands_waits_at_the_broker_and_the_desired_config_behind_it_is_applied(
+        tmp_path: Path, short_clip: Path) -> None:
+    # A broker that would send up to 100 unacknowledged messages (EMQX, HiveMQ allow many). The device's
+    # Receive Maximum holds the flood at the broker while the worker is stuck; once it moves on, Mosquitto
+    # 2.0 still sends past it, so some pings are answered busy, but the desired config is never dropped.
+    broker = Mosquitto(tmp_path / "broker", extra_conf="max_inflight_messages 100\n").start()
+    setup = Setup(tmp_path, short_clip, broker, FleetClient(MqttConfig(host="127.0.0.1", port=broker.port)))
+    runtime = setup.start_device()
+    try:
+        with runtime._parts:
+            flood_while_blocked(runtime, setup.fleet, 60)
+            setup.fleet.client.publish(f"edge/{DEVICE}/config/desired",
+                                       json.dumps({"version": 1, "config": {"telemetry": {"interval_s": 7}}}),
+                                       qos=1, retain=True)
+            wait_for(lambda: runtime.channel.counts["received"] >= 20, what="commands arriving")
+            assert runtime.channel.counts["received"] <= 33, "the Receive Maximum holds the rest at the broker"
+        wait_for(lambda: runtime.config_service.applied_version == 1, what="the desired config applied")
+        assert runtime.telemetry.interval_s == 7
+        wait_for(lambda: runtime.channel.counts["received"] >= 62, what="every command delivered in the end")
+    finally:
+        runtime.stop()
+        setup.fleet.close()
+        broker.stop()
+
+
+def test_a_desired_config_that_finds_the_queue_full_waits_in_its_own_slot(setup: Setup) -> None:
+    import paho.mqtt.client as mqtt
+
+    from agent.control.command_channel import QUEUE_SIZE
+
+    runtime = Runtime(validate_config(device_settings(setup.tmp_path, setup.clip, setup.broker.port)))
+    channel = runtime.channel  # not started yet: nothing drains its queue, as when its worker is stuck
+
+    def message(topic: str, body: dict) -> mqtt.MQTTMessage:
+        msg = mqtt.MQTTMessage(topic=topic.encode())
+        msg.payload, msg.qos = json.dumps(body).encode(), 1
+        return msg
+
+    for n in range(QUEUE_SIZE * 3):  # e.g. redeliveries after a reconnect on top of what was queued
+        channel._on_message(message(f"edge/{DEVICE}/cmd/ping", {"id": f"p{n}"}), 0)
+    assert channel.counts["busy"] > 0
+    for version in (1, 2):  # the newer supersedes the older while both wait
+        channel._on_message(message(f"edge/{DEVICE}/config/desired",
+                                    {"version": version, "config": {"telemetry": {"interval_s": 5 + version}}}), 0)
+    runtime.start()
+    try:
+        wait_for(lambda: runtime.config_service.applied_version == 2, what="the waiting desired config applied")
+        assert runtime.telemetry.interval_s == 7 and channel.counts["desired_superseded"] == 1
+    finally:
+        runtime.stop()

@@ -1,8 +1,10 @@
 """Commands and desired config over MQTT: checked, run once, answered.
 
 paho's network thread only does the cheap checks (topic, size, JSON, schema,
-response topic, expiry) and hands work to one bounded queue; a full queue is
-answered `busy` and counted. One worker thread runs commands and config
+response topic, expiry) and hands work to one bounded queue. The device's Receive Maximum (CONNECT) is that
+queue's size, so a broker holds what does not fit; should it send more anyway, a
+command is answered `busy` (counted), while a desired config waits in a slot of
+its own where a newer version supersedes it: it is never dropped. One worker thread runs commands and config
 changes in arrival order. Answers go to the MQTT v5 response topic with the
 correlation data echoed, and only under `<prefix>/<device>/response/`. A
 message is acknowledged to the broker after it was handled, and the answers of
@@ -89,11 +91,15 @@ class CommandChannel:
         self.counts: collections.Counter[str] = collections.Counter()
         self._counts_lock = threading.Lock()
         self._queue: queue.Queue[_Job] = queue.Queue(maxsize=QUEUE_SIZE)
+        self._waiting_desired: _Job | None = None  # a desired config that found the queue full
+        self._waiting_lock = threading.Lock()
+        self._report_due = threading.Event()  # a connect whose report did not fit in the queue
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="commands", daemon=True)
         link.subscriptions += [f"{self.cmd_prefix}+", self.desired_topic]
         link.on_message = self._on_message
-        link.on_connected.append(lambda: self._enqueue(_Job("report")))
+        link.receive_maximum = QUEUE_SIZE  # the broker keeps the rest until we acknowledge
+        link.on_connected.append(lambda: self._enqueue(_Job("report")) or self._report_due.set())
 
     def start(self) -> None:
         self._thread.start()
@@ -123,10 +129,29 @@ class CommandChannel:
         if job is None:
             self.link.ack(message, connection)
             return
-        if not self._enqueue(job):
+        if self._enqueue(job):
+            return
+        if job.kind == "desired":
+            self._wait_in_slot(job)
+        else:
             self._answer(message, {"id": job.envelope.id if job.envelope else None, "ok": False,
                                    "error": _error("busy", "too many commands waiting; try again")})
             self.link.ack(message, connection)
+
+    def _wait_in_slot(self, job: _Job) -> None:
+        with self._waiting_lock:
+            older, self._waiting_desired = self._waiting_desired, job
+        if older is not None:  # only the newest desired config matters: the older one is done with
+            self._count("desired_superseded")
+            self.link.ack(older.message, older.connection)
+
+    def _take_waiting(self) -> _Job | None:
+        if self._report_due.is_set():
+            self._report_due.clear()
+            return _Job("report")
+        with self._waiting_lock:
+            job, self._waiting_desired = self._waiting_desired, None
+        return job
 
     def _enqueue(self, job: _Job) -> bool:
         try:
@@ -210,10 +235,12 @@ class CommandChannel:
         self._db = connect(self._db_path)
         try:
             while not self._stop.is_set():
-                try:
-                    job = self._queue.get(timeout=0.2)
-                except queue.Empty:
-                    continue
+                job = self._take_waiting()
+                if job is None:
+                    try:
+                        job = self._queue.get(timeout=0.2)
+                    except queue.Empty:
+                        continue
                 try:
                     self._handle(job)
                 except Exception:  # a bug in one command must not stop the others

@@ -90,6 +90,7 @@ class MqttLink:
         self.on_connected: list[Callable[[], None]] = []  # quick hooks, run in the network thread
         self.on_message: Callable[[mqtt.MQTTMessage, int], None] | None = None  # (message, connection)
         self.subscriptions: list[str] = []  # QoS 1, renewed on every connect
+        self.receive_maximum: int | None = None  # unacknowledged messages the broker may send us at once
         self._stop = threading.Event()
         self._closing = threading.Event()  # clean stop under way: do not reconnect
         self._backoff = Backoff(config.reconnect.initial_s, config.reconnect.max_s, full_jitter=True)
@@ -202,6 +203,8 @@ class MqttLink:
                 props = Properties(PacketTypes.CONNECT)
                 props.SessionExpiryInterval = self.config.session_expiry_s
                 props.MaximumPacketSize = MAX_INCOMING_PACKET
+                if self.receive_maximum:
+                    props.ReceiveMaximum = self.receive_maximum
                 try:
                     self.client.connect(self.config.host, self.config.port, self.config.keepalive,
                                         clean_start=False, properties=props)
