@@ -28,7 +28,8 @@ from agent.control.device_api import CameraView
 from agent.device.identity import resolve_device_id
 from agent.pipeline.inference import InferenceWorker
 from agent.pipeline.metrics import PipelineMetrics
-from agent.store.outbox import TELEMETRY, next_session
+from agent.store.db import connect
+from agent.store.outbox import TELEMETRY, Outbox, next_session
 from agent.store.store import Store, StoreError, health_figures
 from agent.sync.mqtt_link import ClientSetupError, MqttLink, random_boot_id
 from agent.sync.sync import Syncer
@@ -250,6 +251,17 @@ class Runtime:
             self.detector.close()
         if locked:
             self._parts.release()
+
+    def requeue_dead_letters(self) -> int:
+        db = connect(self.store.path)
+        try:
+            count = Outbox(db).requeue_dead()
+        finally:
+            db.conn.close()
+        if self.syncer is not None:
+            self.syncer.rescan()
+        log.info("requeued %d dead letters", count)
+        return count
 
     # -- status -------------------------------------------------------------------
     def camera_view(self, name: str) -> CameraView | None:

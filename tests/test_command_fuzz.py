@@ -22,7 +22,8 @@ from tests.broker import Mosquitto
 from tests.helpers import wait_for
 
 DEVICE = "dev-fuzz"
-COMMANDS = ["ping", "get_config", "set_config", "camera", "snapshot", "restart_pipeline", "get_stats", "unknown-x"]
+COMMANDS = ["ping", "get_config", "set_config", "camera", "snapshot", "restart_pipeline", "get_stats",
+            "requeue_dead_letters", "unknown-x"]
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),

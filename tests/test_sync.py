@@ -356,3 +356,69 @@ def test_a_session_counter_that_cannot_be_written_still_gives_a_full_connection(
         link.stop()
         watcher.close()
         broker.stop()
+
+
+def test_dead_letters_requeued_once_the_acl_is_fixed_reach_the_broker(tmp_path: Path, long_clip: Path) -> None:
+    from agent.fleet.fleet import FleetClient
+    from agent.store.store import health_figures
+
+    acl = tmp_path / "acl"
+    allowed = "".join(f"topic readwrite edge/dev-q2/{t}\n" for t in ("status", "cmd/#", "response/#", "config/#"))
+    acl.write_text(allowed)  # a mis-set ACL: detections are not allowed
+    broker = Mosquitto(tmp_path / "broker", extra_conf=f"acl_file {acl}\n").start()
+    runtime = Runtime(validate_config(agent_config(tmp_path, long_clip, broker.port, "dev-q2")))
+    runtime.start()
+    fleet = FleetClient(MqttConfig(host="127.0.0.1", port=broker.port))
+    try:
+        wait_for(lambda: runtime.syncer.dead_letters >= 5, what="dead letters")
+        assert health_figures(tmp_path / "data")["outbox_dead_last_error"] == "not authorized"  # in telemetry
+        acl.write_text(allowed + "topic readwrite edge/dev-q2/detections/#\n")
+        broker.proc.send_signal(signal.SIGHUP)  # Mosquitto reloads its ACL
+        collector = Collector(broker.port, "edge/dev-q2/detections/#")
+        wait_for(lambda: (answer := fleet.command("dev-q2", "requeue_dead_letters")) and answer["ok"]
+                 and answer["result"]["requeued"] >= 5, what="dead letters requeued")
+        wait_for(lambda: outbox_dead(tmp_path / "data") == 0 and len(collector.unique()) >= 5,
+                 what="requeued detections delivered")
+        collector.close()
+    finally:
+        fleet.close()
+        runtime.stop()
+        broker.stop()
+
+
+def outbox_dead(data: Path) -> int:
+    return db_rows(data, "SELECT count(*) FROM outbox WHERE dead = 1")[0][0]
+
+
+def test_store_requeue_makes_dead_letters_pending_again(tmp_path: Path) -> None:
+    db_path = outbox_with_detections(tmp_path / "data", 3, int(time.time() * 1000))
+    outbox = Outbox(connect(db_path))
+    outbox.bury([1, 2, 3], "not authorized")
+    outbox.db.conn.close()
+    result = run_cli("store", "requeue", "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 0 and "requeued 3 dead letters" in result.stdout, result.stderr
+    assert outbox_dead(tmp_path / "data") == 0 and outbox_pending(tmp_path / "data") == 3
+
+
+def test_transient_refusals_pause_sending_longer_each_time_then_become_dead_letters(tmp_path: Path) -> None:
+    from agent.sync.sync import TRANSIENT_ATTEMPTS, _InFlight
+
+    db_path = outbox_with_detections(tmp_path / "data", 1, int(time.time() * 1000))
+    config = MqttConfig(host="127.0.0.1", port=1)
+    syncer = Syncer(MqttLink(config, "dev-t", "b00t", lambda: 1), db_path, config)  # acks fed in as paho would
+    syncer.outbox = Outbox(connect(db_path))
+    holds = []
+    try:
+        for attempt in range(TRANSIENT_ATTEMPTS):
+            syncer._inflight[attempt] = _InFlight([1], time.monotonic(), [0])
+            syncer._on_publish(attempt, 0x97)  # quota exceeded
+            before = time.monotonic()
+            syncer._settle_acks()
+            holds.append(syncer._hold_until - before)
+            assert syncer._send() > 0  # nothing is sent while held
+        assert holds[3] > holds[0] and all(h <= 30 for h in holds)
+        assert outbox_dead(tmp_path / "data") == 1 and syncer.dead_letters == 1
+        error = db_rows(tmp_path / "data", "SELECT error FROM outbox")[0][0]
+        assert "0x97" in error and f"{TRANSIENT_ATTEMPTS} attempts" in error
+    finally:
+        syncer.outbox.db.conn.close()

@@ -208,7 +208,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=cmd_fleet_status)
     t = fleet_sub.add_parser("cmd", parents=[broker], help="send a command and print its answer")
     t.add_argument("device")
-    t.add_argument("name", help="ping, get_config, set_config, camera, snapshot, restart_pipeline, get_stats")
+    t.add_argument("name", help="ping, get_config, set_config, camera, snapshot, restart_pipeline, get_stats, "
+                                "requeue_dead_letters")
     t.add_argument("--arg", action="append", metavar="KEY=VALUE", help="argument; dotted keys nest; JSON values")
     t.add_argument("--save-jpeg", help="snapshot: write the JPEG here instead of printing it")
     t.set_defaults(func=cmd_fleet_cmd)

@@ -34,16 +34,35 @@ def cmd_store_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store_requeue(args: argparse.Namespace) -> int:
+    from agent.store.db import connect
+    from agent.store.outbox import Outbox
+    from agent.store.store import DB_NAME
+
+    path = data_dir(args) / DB_NAME
+    if not path.is_file():
+        print(f"error: no store at {path}", file=sys.stderr)
+        return 1
+    db = connect(path)
+    try:
+        count = Outbox(db).requeue_dead()
+    finally:
+        db.conn.close()
+    print(f"requeued {count} dead letters (a running agent sends them once nothing else is in flight)")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("store", help="inspect the local store")
     store_sub = s.add_subparsers(dest="store_command", required=True)
     for name, func, help_text in (("stats", cmd_store_stats, "counts and sizes"),
-                                  ("export", cmd_store_export, "JSON lines, one per row")):
+                                  ("export", cmd_store_export, "JSON lines, one per row"),
+                                  ("requeue", cmd_store_requeue, "dead letters back to pending, to be sent")):
         t = store_sub.add_parser(name, help=help_text)
         t.add_argument("--data-dir")
         t.add_argument("--config", type=Path)
         if name == "stats":
             t.add_argument("--json", action="store_true")
-        else:
+        elif name == "export":
             t.add_argument("--kind", choices=["detections"], default="detections")
         t.set_defaults(func=func)

@@ -91,6 +91,7 @@ class Commands:
             "snapshot": (SnapshotArgs, self.snapshot),
             "restart_pipeline": (NoArgs, self.restart_pipeline),
             "get_stats": (NoArgs, self.get_stats),
+            "requeue_dead_letters": (NoArgs, self.requeue_dead_letters),
         }
 
     # Answers to these are not kept for redeliveries: running them again changes nothing.
@@ -161,6 +162,9 @@ class Commands:
 
     def get_stats(self, _args: NoArgs) -> dict[str, Any]:
         return self.device.status()
+
+    def requeue_dead_letters(self, _args: NoArgs) -> dict[str, Any]:
+        return {"requeued": self.device.requeue_dead_letters()}
 
     @staticmethod
     def _outcome(outcome: Outcome) -> dict[str, Any]:

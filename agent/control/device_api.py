@@ -43,3 +43,6 @@ class DeviceControl(Protocol):
 
     def camera_view(self, name: str) -> CameraView | None:
         """The newest frame and detections of a running camera; None when no camera of that name runs."""
+
+    def requeue_dead_letters(self) -> int:
+        """Make the outbox's dead letters pending again (once an ACL or device id is fixed); how many."""

@@ -121,8 +121,27 @@ class Outbox:
             self.db.conn.executemany("UPDATE outbox SET dead = 1, error = ? WHERE seq = ?",
                                      [(reason, s) for s in seqs])
 
+    def refused(self, seqs: list[int], reason: str, max_attempts: int) -> int:
+        """The broker refused them with a code that may pass: count an attempt; bury those out of attempts.
+
+        Returns how many were buried."""
+        with transaction(self.db):
+            self.db.conn.executemany("UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?",
+                                     [(s,) for s in seqs])
+            marks = ",".join("?" * len(seqs))
+            return self.db.execute(
+                f"UPDATE outbox SET dead = 1, error = ? WHERE seq IN ({marks}) AND attempts >= ?",
+                (f"{reason} ({max_attempts} attempts)", *seqs, max_attempts)).rowcount
+
+    def requeue_dead(self) -> int:
+        """Dead letters become pending again (the ACL or device id was fixed); how many."""
+        with transaction(self.db):
+            return self.db.execute("UPDATE outbox SET dead = 0, error = NULL, attempts = 0 WHERE dead = 1").rowcount
+
     def counts(self) -> dict:
         pending, dead, oldest = self.db.execute(
             "SELECT sum(dead = 0), sum(dead = 1), min(CASE WHEN dead = 0 THEN created_ms END) FROM outbox"
         ).fetchone()
-        return {"outbox_pending": pending or 0, "outbox_dead": dead or 0, "outbox_oldest_ms": oldest}
+        last = self.db.execute("SELECT error FROM outbox WHERE dead = 1 ORDER BY seq DESC LIMIT 1").fetchone()
+        return {"outbox_pending": pending or 0, "outbox_dead": dead or 0, "outbox_oldest_ms": oldest,
+                "outbox_dead_last_error": last[0] if last else None}

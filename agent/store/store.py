@@ -68,7 +68,14 @@ def _migrate_v4(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE remote_config ADD COLUMN rejected_errors TEXT NOT NULL DEFAULT '[]'")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_v1, _migrate_v2, _migrate_v3, _migrate_v4]
+def _migrate_v5(db: sqlite_utils.Database) -> None:
+    """How often the broker refused an outbox row with a code that may pass: bounded before it is buried."""
+    db.execute("ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _migrate_v1, _migrate_v2, _migrate_v3, _migrate_v4, _migrate_v5,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -32,6 +32,7 @@ PERMANENT_FAILURES = {
     0x95: "packet too large",
     0x99: "payload format invalid",
 }
+TRANSIENT_ATTEMPTS = 10  # refusals that may pass (0x80, 0x83, 0x97 quota exceeded) before a row is buried
 INFLIGHT_TIMEOUT_S = 60.0  # an unanswered message is sent again after this
 FETCH = 2000  # outbox rows read per pass
 
@@ -54,6 +55,9 @@ class Syncer:
         self._cursor = 0  # highest seq handed to paho; rows given up on reset it
         self._first_seen: dict[int, float] = {}  # head seq of a batch still gathering → monotonic time first seen
         self._refusals = Backoff(0.05, 2.0)  # paho refusing publishes: wait longer each pass, never spin
+        self._broker_refusals = Backoff(0.5, 30.0)  # the broker refusing for now: sending pauses, growing
+        self._hold_until = 0.0  # monotonic: no sending before this
+        self._rescan = threading.Event()  # dead letters were requeued: look again from the oldest row
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sync", daemon=True)
@@ -75,6 +79,11 @@ class Syncer:
 
     def notify(self) -> None:
         """New rows were committed."""
+        self._wake.set()
+
+    def rescan(self) -> None:
+        """Rows behind the cursor became pending again (dead letters requeued)."""
+        self._rescan.set()
         self._wake.set()
 
     def start(self) -> None:
@@ -115,6 +124,7 @@ class Syncer:
                 continue  # an ack for a message we already gave up on: it will be sent again anyway
             self._busy.difference_update(flight.seqs)
             if reason < 0x80:
+                self._broker_refusals.reset()
                 done.extend(flight.seqs)
                 self.messages_acked += 1
                 self.puback_latency_ms.add((now - flight.sent_mono) * 1000)
@@ -127,7 +137,11 @@ class Syncer:
             else:
                 self.retries += 1
                 self._cursor = 0  # released: rescan from the oldest row
-                self.last_publish_error = f"broker answered reason code 0x{reason:02x}; will retry"
+                self._hold_until = now + self._broker_refusals.next_delay()
+                buried = self.outbox.refused(flight.seqs, f"broker kept answering 0x{reason:02x}", TRANSIENT_ATTEMPTS)
+                self.dead_letters += buried
+                self.last_publish_error = f"broker answered reason code 0x{reason:02x}; will retry" + \
+                    (f" ({buried} rows out of attempts kept as dead letters)" if buried else "")
         if done:
             self.outbox.acknowledge(done)
             self.rows_acked += len(done)
@@ -142,12 +156,19 @@ class Syncer:
 
     def _send(self) -> float:
         """Publish what fits in the window; returns how long to wait before the next pass."""
+        if self._rescan.is_set():
+            self._rescan.clear()
+            self._cursor = 0
+        if (held := self._hold_until - time.monotonic()) > 0:
+            return held
         room = self.config.window - len(self._inflight)
         if room <= 0:
             return 0.5
         fetched = self.outbox.pending(self._cursor, FETCH)
         rows = [r for r in fetched if r.seq not in self._busy]
         if not rows:
+            if not self._inflight:  # idle: look from the oldest row next time (rows requeued by another process)
+                self._cursor = 0
             return 0.5
         more_waiting = len(fetched) >= FETCH
         now_ms, now_mono = int(time.time() * 1000), time.monotonic()
