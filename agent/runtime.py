@@ -28,8 +28,7 @@ from agent.control.device_api import CameraView
 from agent.device.identity import resolve_device_id
 from agent.pipeline.inference import InferenceWorker
 from agent.pipeline.metrics import PipelineMetrics
-from agent.store.db import connect
-from agent.store.outbox import TELEMETRY, Outbox, next_session
+from agent.store.outbox import TELEMETRY, next_session, requeue_dead_letters
 from agent.store.store import Store, StoreError, health_figures
 from agent.sync.mqtt_link import ClientSetupError, MqttLink, random_boot_id
 from agent.sync.sync import Syncer
@@ -253,11 +252,7 @@ class Runtime:
             self._parts.release()
 
     def requeue_dead_letters(self) -> int:
-        db = connect(self.store.path)
-        try:
-            count = Outbox(db).requeue_dead()
-        finally:
-            db.conn.close()
+        count = requeue_dead_letters(self.store.path)
         if self.syncer is not None:
             self.syncer.rescan()
         log.info("requeued %d dead letters", count)

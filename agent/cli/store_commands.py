@@ -35,19 +35,14 @@ def cmd_store_export(args: argparse.Namespace) -> int:
 
 
 def cmd_store_requeue(args: argparse.Namespace) -> int:
-    from agent.store.db import connect
-    from agent.store.outbox import Outbox
+    from agent.store.outbox import requeue_dead_letters
     from agent.store.store import DB_NAME
 
     path = data_dir(args) / DB_NAME
     if not path.is_file():
         print(f"error: no store at {path}", file=sys.stderr)
         return 1
-    db = connect(path)
-    try:
-        count = Outbox(db).requeue_dead()
-    finally:
-        db.conn.close()
+    count = requeue_dead_letters(path)
     print(f"requeued {count} dead letters (a running agent sends them once nothing else is in flight)")
     return 0
 

@@ -4,10 +4,11 @@ Two ways in, one path: a versioned desired config (retained on
 `config/desired`: the fleet's whole overlay, replacing the previous one) and
 the `set_config` / `camera` commands (one-off changes merged onto the overlay,
 keeping the applied version). A rejected version is remembered, persisted, and
-not tried again on reconnects or restarts until a newer one comes. A change that does not validate, or that the
-device cannot apply (a model that does not load), is rejected with key-path
-errors and the running config stays as it was (DESIGN invariant 4). An applied
-change is persisted (overlay and version in one row) before it is reported.
+not tried again on reconnects or restarts until a newer one comes. A change
+that does not validate, or that the device cannot apply (a model that does not
+load), is rejected with key-path errors and the running config stays as it was
+(DESIGN invariant 4). An applied change is persisted (overlay and version in
+one row) before it is reported.
 """
 
 from __future__ import annotations

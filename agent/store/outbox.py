@@ -78,6 +78,15 @@ def next_session(db_path: Path) -> int:
         db.conn.close()
 
 
+def requeue_dead_letters(db_path: Path) -> int:
+    """Dead letters pending again, on a connection of its own (the agent's command, `store requeue`)."""
+    db = connect(db_path)
+    try:
+        return Outbox(db).requeue_dead()
+    finally:
+        db.conn.close()
+
+
 def enqueue_readings(db: sqlite_utils.Database, readings: list[tuple[str, str]]) -> None:
     """Queue health readings (kind, JSON payload); call inside a transaction."""
     if readings:
