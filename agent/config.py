@@ -87,6 +87,10 @@ class StorageConfig(_Strict):
                                         description="detections older than this are trimmed (1 h to 10 years)")
     max_size_mb: float | None = Field(1024.0, ge=16, le=1 << 20,
                                       description="database size cap; oldest rows trimmed first")
+    min_free_mb: float = Field(
+        256.0, ge=0, le=1 << 20,
+        description="free space kept on the data dir's filesystem: the oldest history is trimmed first; 0: off",
+    )
     synchronous: Literal["full", "normal"] = Field(
         "full", description="full: a committed row survives power loss; normal: faster, may lose the last commits"
     )

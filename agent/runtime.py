@@ -48,7 +48,8 @@ class Runtime:
         self.data_dir = (data_dir or config.storage.path).expanduser()
         self.device_id = resolve_device_id(config.device.id, self.data_dir)
         self.metrics = PipelineMetrics()
-        self.store = Store(self.data_dir, config.storage, on_commit=self._on_commit, outbox=config.mqtt is not None)
+        self.store = Store(self.data_dir, config.storage, on_commit=self._on_commit, outbox=config.mqtt is not None,
+                           on_open=self._on_store_open, on_unstored=self._publish_around_store)
         self.link: MqttLink | None = None
         self.syncer: Syncer | None = None
         self.mqtt_error: str | None = None
@@ -57,12 +58,13 @@ class Runtime:
                 self.link = MqttLink(config.mqtt, self.device_id, random_boot_id(),
                                      lambda: next_session(self.store.path))
                 self.syncer = Syncer(self.link, self.store.path, config.mqtt)
+                self.link.problems = self.problems
             except ClientSetupError as exc:  # keep capturing and buffering; fixed by a restart
                 self.mqtt_error = str(exc)
                 log.error("mqtt disabled, buffering only: %s", exc)
         self.telemetry = Telemetry(
             config.telemetry.interval_s, self.data_dir, self.status, self._store_figures,
-            lambda payload: self.store.submit_reading(TELEMETRY, payload) if config.mqtt else True,
+            self._publish_reading if config.mqtt else lambda _payload: True,
         )
         self._wake = threading.Event()
         self._parts = threading.RLock()  # cameras, detector and worker change under it
@@ -86,6 +88,32 @@ class Runtime:
             return health_figures(self.data_dir)
         except (OSError, sqlite3.Error) as exc:
             return {"error": str(exc)}
+
+    def _publish_reading(self, payload: str) -> bool:
+        """Health goes through the outbox (nothing lost) while the store takes writes, else straight out."""
+        if self.store.writable and self.store.submit_reading(TELEMETRY, payload):
+            return True
+        return self._publish_around_store(TELEMETRY, payload)
+
+    def _publish_around_store(self, kind: str, payload: str) -> bool:
+        """The latest reading, when the store cannot keep it (not open, full disk): sent now or not at all."""
+        return self.syncer is not None and self.syncer.publish_now(kind, payload)
+
+    def _on_store_open(self) -> None:
+        """The database opened after start gave up on it: what start would have restored, restore now."""
+        if self.channel is not None:
+            self.channel.restore_stored_config()  # in turn with commands and desired config
+        else:
+            threading.Thread(target=self.config_service.restore_running, name="config-restore", daemon=True).start()
+
+    def problems(self) -> list[str]:
+        """What an operator must fix or know, in words: in the birth message, telemetry and get_stats."""
+        out = self.store.problems()
+        if self.model_error:
+            out.append(f"model not loaded: {self.model_error}")
+        if self.config_service.error:
+            out.append(f"config: {self.config_service.error}")
+        return out
 
     def _on_commit(self, camera: str, ms: float) -> None:
         self.metrics.record_stage(camera, "store", ms)
@@ -140,13 +168,13 @@ class Runtime:
         """Start every part that can start; problems are reported, not fatal (invariant 8)."""
         try:
             self.store.start()
-        except StoreError as exc:
-            log.error("store unavailable, detections will be dropped and counted: %s", exc)
+        except StoreError as exc:  # tried again in the background; MQTT starts anyway, health says why
+            log.error("store unavailable, detections dropped and counted until it opens: %s", exc)
         if self.store.running:
             self.config = self.config_service.restore()
             self.store.config = self.config.storage
             self.telemetry.reschedule(self.config.telemetry.interval_s)
-        if self.syncer is not None and self.link is not None and self.store.running:
+        if self.syncer is not None and self.link is not None:  # the fleet must see a device whatever its store
             self.syncer.start()
             if self.channel is not None:
                 self.channel.start()
@@ -289,13 +317,6 @@ class Runtime:
             "cameras": cameras,
             "sync": None if self.syncer is None else self.syncer.stats(),
             "commands": None if self.channel is None else self.channel.stats(),
-            "store": {
-                "committed_rows": self.store.committed_rows,
-                "commits": self.store.commits,
-                "queue_depth": self.store.queue_depth,
-                "dropped": self.store.dropped,
-                "write_errors": self.store.write_errors,
-                "retention_errors": self.store.retention_errors,
-                "last_error": self.store.last_error,
-            },
+            "store": self.store.status(),
+            "problems": self.problems(),
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -103,11 +104,43 @@ def test_a_failing_retention_is_counted_retried_and_the_writer_keeps_committing(
     assert len(rows(store.path)) == 1
 
 
-def test_unopenable_database_is_reported(tmp_path: Path) -> None:
-    (tmp_path / store_mod.DB_NAME).write_bytes(b"this is not a database" * 100)
+def test_a_damaged_database_is_moved_aside_with_its_wal_and_a_fresh_one_started(tmp_path: Path) -> None:
+    garbage = os.urandom(64 * 1024)
+    (tmp_path / store_mod.DB_NAME).write_bytes(garbage)
+    (tmp_path / f"{store_mod.DB_NAME}-wal").write_bytes(b"old wal" * 100)
     store = make_store(tmp_path)
+    store.start()
+    try:
+        aside = store.recovered_from
+        assert aside is not None and aside.parent == tmp_path and aside.name.startswith(f"{store_mod.DB_NAME}.corrupt-")
+        assert aside.read_bytes() == garbage  # kept, byte for byte
+        assert aside.with_name(aside.name + "-wal").read_bytes() == b"old wal" * 100  # its WAL went with it
+        assert store.running and "moved aside" in " ".join(store.problems())
+        assert store.submit("cam", 0, int(time.time() * 1000), [DET])
+    finally:
+        assert store.stop()
+    assert len(rows(store.path)) == 1 and aside.read_bytes() == garbage
+
+
+def test_a_database_that_cannot_be_opened_is_left_alone_and_opened_once_it_can(tmp_path: Path) -> None:
+    blocker = tmp_path / store_mod.DB_NAME
+    blocker.mkdir()  # in the way: not a damaged database, so nothing may be moved or deleted
+    (blocker / "keep").write_text("operator's file")
+    opened = []
+    store = Store(tmp_path, StorageConfig(path=tmp_path), on_open=lambda: opened.append(True), reopen_s=0.05)
     with pytest.raises(store_mod.StoreError, match="cannot open"):
         store.start()
+    try:
+        assert not store.running and not store.submit("cam", 0, int(time.time() * 1000), [DET])
+        assert "store not running: cannot open" in store.problems()[0] and store.recovered_from is None
+        assert (blocker / "keep").read_text() == "operator's file"
+        (blocker / "keep").unlink()
+        blocker.rmdir()  # the operator fixed it: the store opens by itself
+        wait_for(lambda: store.running and opened == [True], what="the store to open")
+        assert store.problems() == [] and store.submit("cam", 1, int(time.time() * 1000), [DET])
+    finally:
+        assert store.stop()
+    assert len(rows(store.path)) == 1 and store.dropped == 1
 
 
 def test_full_queue_drops_and_counts_while_the_writer_is_stalled(tmp_path: Path) -> None:
@@ -249,3 +282,70 @@ def test_outbox_cap_trims_health_before_detections_and_counts(tmp_path: Path) ->
     size = db.execute("SELECT sum(bytes) FROM outbox").fetchone()[0]
     assert trim_outbox(db, 100, max_bytes=size - 1) == 1  # bytes cap: one more (the oldest) goes
     assert db.execute("SELECT min(seq) FROM outbox").fetchone()[0] == 4
+
+
+def fill(disk: Path) -> Path:
+    """A ballast file taking every free byte of `disk`."""
+    ballast = disk / "ballast"
+    with ballast.open("wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return ballast
+
+
+def test_a_filling_disk_trims_the_oldest_history_before_it_is_full(small_disk: Path) -> None:
+    # The size cap (16 MB) is far above what the 4 MB disk holds: only the free-space reserve can act.
+    store = Store(small_disk, StorageConfig(path=small_disk, min_free_mb=1, max_size_mb=16))
+    store.start()
+    try:
+        now_ms = int(time.time() * 1000)
+        frame = 0
+        deadline = time.monotonic() + 60
+        while store.trimmed_for_space < 2000 and time.monotonic() < deadline:  # several trims' worth
+            commits = store.commits
+            assert store.submit("cam", frame, now_ms + frame, [DET] * 50)
+            wait_for(lambda c=commits: store.commits > c or store.write_errors, what="a commit")
+            frame += 1
+        assert store.trimmed_for_space >= 2000, f"nothing trimmed; {store.status()}"
+        assert store.write_errors == 0 and store.dropped == 0  # trimmed in time: no commit ever failed
+        assert shutil.disk_usage(small_disk).free > 512 * 1024
+        left = rows(store.path, "SELECT min(frame), max(frame) FROM detections")[0]
+        assert left[0] > 0 and left[1] == frame - 1  # the oldest went, the newest are all there
+    finally:
+        assert store.stop()
+    assert store_mod.stats(small_disk)["trimmed_for_space"] == store.trimmed_for_space
+
+
+def test_commits_that_fail_on_a_full_disk_resume_by_themselves_when_space_returns(small_disk: Path) -> None:
+    unstored: list[tuple[str, str]] = []
+    store = Store(small_disk, StorageConfig(path=small_disk, min_free_mb=0), outbox=True,
+                  on_unstored=lambda kind, payload: unstored.append((kind, payload)))
+    store.start()
+    try:
+        now_ms = int(time.time() * 1000)
+        assert store.submit("cam", 0, now_ms, [DET])
+        wait_for(lambda: store.committed_rows == 1, what="a first commit")
+        ballast = fill(small_disk)
+        frame = 1
+        while not store.write_failing:  # the WAL may still hold room for a few commits
+            store.submit("cam", frame, now_ms + frame, [DET] * 200)
+            assert store.submit_reading("telemetry", f'{{"n":{frame}}}')
+            wait_for(lambda: store.write_failing or store.queue_depth == 0, what="a commit or a failure")
+            frame += 1
+        assert store.running and not store.writable and store.write_errors >= 1
+        assert any("writes failing" in p for p in store.problems())
+        assert store.submit_reading("telemetry", '{"n":"latest"}')
+        wait_for(lambda: unstored and unstored[-1] == ("telemetry", '{"n":"latest"}'),
+                 what="the reading that could not be stored handed back")
+        ballast.unlink()
+        wait_for(lambda: store.writable, what="writes to go through again, with nothing submitted")
+        committed = store.committed_rows
+        assert store.submit("cam", frame, now_ms + frame, [DET])
+        wait_for(lambda: store.committed_rows == committed + 1, what="a commit after the disk had room again")
+        assert store.problems() == []
+    finally:
+        assert store.stop()

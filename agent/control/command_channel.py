@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import sqlite_utils
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -54,7 +55,7 @@ class DesiredDoc(BaseModel):
 
 @dataclass
 class _Job:
-    kind: str  # command | desired | report
+    kind: str  # command | desired | report | restore
     message: mqtt.MQTTMessage | None = None
     connection: int = 0
     name: str = ""
@@ -94,8 +95,11 @@ class CommandChannel:
         self._waiting_desired: _Job | None = None  # a desired config that found the queue full
         self._waiting_lock = threading.Lock()
         self._report_due = threading.Event()  # a connect whose report did not fit in the queue
+        self._restore_due = threading.Event()  # the stored overlay could not be read at start; now it can
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="commands", daemon=True)
+        self._db: sqlite_utils.Database | None = None  # opened by the worker when the store's file is usable
+        self._answers_in_memory: collections.OrderedDict[str, str] = collections.OrderedDict()  # bounded
         link.subscriptions += [f"{self.cmd_prefix}+", self.desired_topic]
         link.on_message = self._on_message
         link.receive_maximum = QUEUE_SIZE  # the broker keeps the rest until we acknowledge
@@ -103,6 +107,10 @@ class CommandChannel:
 
     def start(self) -> None:
         self._thread.start()
+
+    def restore_stored_config(self) -> None:
+        """The store's database opened late: restore the fleet's overlay in turn with commands, then report."""
+        self._restore_due.set()
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
@@ -146,6 +154,9 @@ class CommandChannel:
             self.link.ack(older.message, older.connection)
 
     def _take_waiting(self) -> _Job | None:
+        if self._restore_due.is_set():
+            self._restore_due.clear()
+            return _Job("restore")
         if self._report_due.is_set():
             self._report_due.clear()
             return _Job("report")
@@ -232,7 +243,6 @@ class CommandChannel:
 
     # -- the worker ---------------------------------------------------------------
     def _run(self) -> None:
-        self._db = connect(self._db_path)
         try:
             while not self._stop.is_set():
                 job = self._take_waiting()
@@ -250,10 +260,14 @@ class CommandChannel:
                     if job.message is not None and job.ack:
                         self.link.ack(job.message, job.connection)
         finally:
-            self._db.conn.close()
+            if self._db is not None:
+                self._db.conn.close()
 
     def _handle(self, job: _Job) -> None:
-        if job.kind == "report":
+        if job.kind == "restore":
+            self.config.restore_running()
+            self._publish_report(self.config.reported())
+        elif job.kind == "report":
             self._publish_report(self.config.reported())
         elif job.kind == "desired":
             assert job.desired is not None
@@ -299,26 +313,55 @@ class CommandChannel:
             self._keep_answer(cmd_id, job.name, payload)
         job.ack = self._answer(job.message, payload)
 
-    # -- kept answers (SQLite, bounded) -----------------------------------------------
+    # -- kept answers (SQLite, bounded; in memory while the store's database is unavailable) ---------
+    def _database(self) -> sqlite_utils.Database | None:
+        if self._db is None:
+            db = None
+            try:
+                db = connect(self._db_path)
+                db.execute("SELECT count(*) FROM command_answers").fetchone()
+                self._db = db
+            except sqlite3.Error as exc:
+                if db is not None:
+                    db.conn.close()
+                log.debug("kept command answers in memory: %s", exc)
+        return self._db
+
     def _kept_answer(self, cmd_id: str) -> str | None:
+        if cmd_id in self._answers_in_memory:
+            return self._answers_in_memory[cmd_id]
+        db = self._database()
+        if db is None:
+            return None
         try:
-            row = self._db.execute("SELECT answer FROM command_answers WHERE id = ?", (cmd_id,)).fetchone()
+            row = db.execute("SELECT answer FROM command_answers WHERE id = ?", (cmd_id,)).fetchone()
         except sqlite3.Error as exc:
             log.error("cannot read kept command answers: %s", exc)
             return None
         return row[0] if row else None
 
     def _keep_answer(self, cmd_id: str, name: str, payload: str) -> None:
+        db = self._database()
+        if db is None:
+            self._keep_in_memory(cmd_id, payload)
+            return
         try:
-            with transaction(self._db):
-                self._db.execute("INSERT OR REPLACE INTO command_answers(id, name, answer, created_ms) "
-                                 "VALUES (?, ?, ?, ?)", (cmd_id, name, payload, _now_ms()))
-                trimmed = self._db.execute(
+            with transaction(db):
+                db.execute("INSERT OR REPLACE INTO command_answers(id, name, answer, created_ms) "
+                           "VALUES (?, ?, ?, ?)", (cmd_id, name, payload, _now_ms()))
+                trimmed = db.execute(
                     "DELETE FROM command_answers WHERE id IN (SELECT id FROM command_answers "
                     "ORDER BY created_ms DESC LIMIT -1 OFFSET ?)", (KEPT_ANSWERS,)).rowcount
             self._count("answers_trimmed", max(0, trimmed))
-        except sqlite3.Error as exc:  # the command ran; a redelivery would run it again: say so
-            log.error("cannot keep the answer of command %s: %s", cmd_id, exc)
+        except sqlite3.Error as exc:  # e.g. a full disk: kept in memory, lost only if the agent restarts
+            log.error("cannot store the answer of command %s (kept in memory): %s", cmd_id, exc)
+            self._keep_in_memory(cmd_id, payload)
+
+    def _keep_in_memory(self, cmd_id: str, payload: str) -> None:
+        self._answers_in_memory[cmd_id] = payload
+        while len(self._answers_in_memory) > KEPT_ANSWERS:
+            self._answers_in_memory.popitem(last=False)
+            self._count("answers_trimmed")
 
 
 def _prop(message: mqtt.MQTTMessage, name: str) -> Any:

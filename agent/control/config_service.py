@@ -85,6 +85,19 @@ class ConfigService:
             log.error("%s", self.error)
         return self.file_config
 
+    def restore_running(self) -> None:
+        """The store opened after start (agent.store.store retries): put the stored overlay on, as a start
+        would have, so that the next change builds on it instead of replacing it."""
+        self.last_outcome, self.error = None, None  # refusals for want of storage are moot now
+        config = self.restore()
+        if self.state.version or self.state.overlay:
+            try:
+                changes = self.device.apply_config(config)
+                log.info("stored fleet config v%d applied: %s", self.state.version, ", ".join(changes) or "no change")
+            except ApplyError as exc:
+                self.error = f"stored fleet config v{self.state.version} cannot be applied: {exc}"
+                log.error("%s", self.error)
+
     def apply_desired(self, version: int, overlay: dict[str, Any]) -> Outcome | None:
         """A desired version: the fleet's whole overlay. None when not newer than the applied or the
         last rejected version (ignored)."""

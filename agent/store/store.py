@@ -9,7 +9,9 @@ The hand-off queue is bounded; what cannot be queued is dropped and counted.
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import shutil
 import sqlite3
 import threading
 import time
@@ -30,6 +32,11 @@ log = logging.getLogger(__name__)
 DB_NAME = "edge-agent.db"
 # A writer batch carries at most this many rows; more waiting in the queue go in the next commit.
 MAX_ROWS_PER_COMMIT = 5000
+REOPEN_S = 30.0  # a database that cannot be opened is tried again this often
+SPACE_CHECK_S = 1.0  # free space on the data dir's filesystem is looked at after each commit, and this often
+PROBE_S = 5.0  # after a failed commit, a small write tests the database this often while nothing comes
+MB = 1024 * 1024
+CORRUPT_CODES = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
 
 
 def _migrate_v1(db: sqlite_utils.Database) -> None:
@@ -111,45 +118,96 @@ class _Reading:
 
 
 class StoreError(Exception):
-    """The database cannot be opened or migrated (corrupt file, no space, no permission)."""
+    """The database cannot be opened or migrated (no space, no permission, a newer schema)."""
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    """SQLite says the file is not a database, or a damaged one (not: busy, full, no permission)."""
+    return getattr(exc, "sqlite_errorname", None) in CORRUPT_CODES
+
+
+def open_database(path: Path, synchronous: str) -> sqlite_utils.Database:
+    """Connect, read the schema (a damaged file fails here, not at the first commit) and migrate."""
+    db = connect(path, synchronous)
+    try:
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        migrate(db)
+        return db
+    except BaseException:
+        db.conn.close()
+        raise
+
+
+def move_aside(path: Path) -> Path:
+    """Rename a damaged database and its WAL and shared-memory files, never delete them.
+
+    The WAL goes first: a WAL left next to a fresh database of the same name would be applied to it.
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    for suffix in ("-wal", "-shm", ""):
+        part = path.with_name(path.name + suffix)
+        if part.exists():
+            os.replace(part, aside.with_name(aside.name + suffix))
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the renames survive a power cut
+    finally:
+        os.close(fd)
+    return aside
 
 
 class Store:
     """Owns the database file; `submit` is safe from any thread."""
 
     def __init__(self, data_dir: Path, config: StorageConfig,
-                 on_commit: Callable[[str, float], None] | None = None, outbox: bool = False) -> None:
+                 on_commit: Callable[[str, float], None] | None = None, outbox: bool = False,
+                 on_open: Callable[[], None] | None = None,
+                 on_unstored: Callable[[str, str], None] | None = None, reopen_s: float | None = None) -> None:
         self.path = data_dir / DB_NAME
         self.config = config
         self.outbox = outbox  # also queue each detection for the broker, in the same transaction
         self._on_commit = on_commit
+        self._on_open = on_open  # the database opened after start() had given up on it
+        self._on_unstored = on_unstored  # (kind, payload) of a health reading whose commit failed
+        self._reopen_s = REOPEN_S if reopen_s is None else reopen_s
         self._queue: queue.Queue[_Pending | _Reading] = queue.Queue(maxsize=config.queue_size)
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._ready = threading.Event()
         self._stopping = threading.Event()
         self._accepting = False
         self._lock = threading.Lock()
-        self._open_error: BaseException | None = None
         self.dropped = 0  # frames of results lost: queue full, store not running, or a failed write
         self.committed_rows = 0
         self.commits = 0
         self.write_errors = 0
         self.retention_errors = 0  # failed retention passes; each is tried again at the next interval
         self.last_error: str | None = None
+        self.open_error: str | None = None  # why the database is not open (it is tried again every reopen_s)
+        self.recovered_from: Path | None = None  # a damaged database moved aside at open
+        self.corrupt_error: str | None = None  # a commit found the open database damaged
+        self.write_failing = False  # the last commit failed: health readings go around the store
+        self.disk_free_bytes: int | None = None
+        self.low_disk = False  # free space under storage.min_free_mb: history is being trimmed
+        self.trimmed_for_space = 0
+        self._low_disk_logged = -1e9
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> None:
-        """Open (and migrate) the database in the writer thread; raises StoreError."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create data dir {self.path.parent}: {exc.strerror or exc}") from exc
+        """Open (and migrate) the database in the writer thread; raises StoreError if it cannot.
+
+        A damaged file is moved aside and a fresh database started (`recovered_from`). Any other failure
+        (no space, no permission, a newer schema) leaves the file alone: the writer tries again every
+        `reopen_s` seconds and calls `on_open` once it succeeds.
+        """
         self._thread.start()
         self._ready.wait()
-        if self._open_error is not None:
-            self.last_error = f"cannot open {self.path}: {self._open_error}"
-            raise StoreError(self.last_error) from self._open_error
-        self._accepting = True
+        if not self._accepting:
+            raise StoreError(self.open_error or "the store did not open")
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Refuse new results, commit everything queued, close. True if done in time."""
@@ -195,28 +253,97 @@ class Store:
         return self._accepting
 
     @property
+    def writable(self) -> bool:
+        """Running, and the last commit went through."""
+        return self._accepting and not self.write_failing
+
+    def problems(self) -> list[str]:
+        """What an operator must know about the store, in words (birth message, telemetry, health)."""
+        out = []
+        if self.open_error and not self._accepting:
+            out.append(f"store not running: {self.open_error}")
+        if self.recovered_from is not None:
+            out.append(f"store: a damaged database was moved aside to {self.recovered_from}; running on a fresh one")
+        if self.corrupt_error:
+            out.append(f"store: {self.corrupt_error}; restart the agent to move it aside")
+        elif self.write_failing:
+            out.append(f"store: writes failing: {self.last_error}")
+        if self.low_disk:
+            out.append(f"store: free space {_mb(self.disk_free_bytes)} MB under the {self.config.min_free_mb:g} MB "
+                       "reserve; oldest history trimmed")
+        return out
+
+    def status(self) -> dict:
+        return {
+            "running": self.running, "writable": self.writable, "open_error": self.open_error,
+            "recovered_from": None if self.recovered_from is None else str(self.recovered_from),
+            "committed_rows": self.committed_rows, "commits": self.commits, "queue_depth": self.queue_depth,
+            "dropped": self.dropped, "write_errors": self.write_errors, "retention_errors": self.retention_errors,
+            "last_error": self.last_error, "disk_free_mb": _mb(self.disk_free_bytes),
+            "min_free_mb": self.config.min_free_mb, "low_disk": self.low_disk,
+            "trimmed_for_space": self.trimmed_for_space,
+        }
+
+    @property
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
     # -- writer -------------------------------------------------------------------
-    def _run(self) -> None:
+    def _open(self) -> sqlite_utils.Database | None:
+        """The database, or None (reason in open_error). A damaged file is moved aside, then a fresh one."""
         try:
-            db = connect(self.path, self.config.synchronous)
-            migrate(db)
-        except BaseException as exc:  # reported to start()
-            self._open_error = exc
-            self._ready.set()
-            return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                db = open_database(self.path, self.config.synchronous)
+            except sqlite3.DatabaseError as exc:
+                if not is_corrupt(exc):
+                    raise
+                self.recovered_from = move_aside(self.path)
+                log.error("store: %s is damaged (%s); moved aside to %s, starting a fresh database",
+                          self.path, exc, self.recovered_from)
+                db = open_database(self.path, self.config.synchronous)
+        except (OSError, RuntimeError, sqlite3.Error) as exc:
+            error = f"cannot open {self.path}: {getattr(exc, 'strerror', None) or exc}"
+            if error != self.open_error:
+                log.error("store: %s (trying again every %gs)", error, self._reopen_s)
+            self.open_error = self.last_error = error
+            return None
+        self.open_error = None
+        self._accepting = not self._stopping.is_set()
+        return db
+
+    def _run(self) -> None:
+        db = self._open()
         self._ready.set()
+        while db is None:
+            if self._stopping.wait(self._reopen_s):
+                return
+            db = self._open()
+            if db is not None:
+                log.info("store: %s opened", self.path)
+                if self._on_open is not None:
+                    self._on_open()
         next_retention = time.monotonic() + min(5.0, self.config.retention_interval_s)
+        next_space_check = 0.0
+        last_attempt = time.monotonic()
         try:
             while True:
                 batch = self._take_batch()
+                now = time.monotonic()
                 if batch:
                     self._commit(db, batch)
+                    last_attempt = now
                 elif self._stopping.is_set():
                     break  # stopping and nothing left: everything queued is committed
-                if not self._stopping.is_set() and time.monotonic() >= next_retention:
+                elif self.write_failing and now - last_attempt >= PROBE_S:
+                    self._probe(db)
+                    last_attempt = now
+                if self._stopping.is_set():
+                    continue
+                if batch or now >= next_space_check:  # after every commit: a WAL grows fast on a small disk
+                    self._keep_free_space(db)
+                    next_space_check = now + SPACE_CHECK_S
+                if now >= next_retention:
                     self._retain(db)
                     next_retention = time.monotonic() + self.config.retention_interval_s
         except Exception as exc:  # a bug: record it loudly, never leave stop() believing all is flushed
@@ -259,18 +386,69 @@ class Store:
                     enqueue_detections(db, rows)
                     enqueue_readings(db, readings)
         except Exception as exc:  # disk full, I/O error, a value SQLite cannot bind: count, keep running
-            self.write_errors += 1
+            self._write_failed(exc)
             self._count_dropped(len(items))
-            self.last_error = f"write failed: {exc}"
             log.error("store: %s (%d frames of results lost)", self.last_error, len(items))
+            if readings and self._on_unstored is not None:
+                self._on_unstored(*readings[-1])  # the latest health reading goes around the store
             return
+        self._write_ok()
         self.commits += 1
         self.committed_rows += len(rows)
-        self.last_error = None
         if self._on_commit is not None:
             now = time.monotonic()
             for p in batch:
                 self._on_commit(p.camera, (now - p.queued_mono) * 1000)
+
+    def _write_failed(self, exc: Exception) -> None:
+        if not self.write_failing:
+            log.error("store: writes failing: %s", exc)
+        self.write_errors += 1
+        self.write_failing = True
+        self.last_error = f"write failed: {exc}"
+        if is_corrupt(exc):
+            self.corrupt_error = f"the database is damaged ({exc})"
+
+    def _write_ok(self) -> None:
+        if self.write_failing:
+            log.info("store: writes go through again")
+        self.write_failing = False
+        self.last_error = None
+
+    def _probe(self, db: sqlite_utils.Database) -> None:
+        """A small real write: commits resume (and health goes through the store again) once it passes."""
+        try:
+            with transaction(db):
+                bump_counter(db, "write_probes")
+        except Exception as exc:
+            self._write_failed(exc)
+            return
+        self._write_ok()
+
+    def _keep_free_space(self, db: sqlite_utils.Database) -> None:
+        """Trim the oldest history before the filesystem is full (storage.min_free_mb); unsent rows stay."""
+        try:
+            usage = shutil.disk_usage(self.path.parent)
+        except OSError:
+            return
+        self.disk_free_bytes = usage.free
+        reserve = min(int(self.config.min_free_mb * MB), usage.total // 4)  # a typo cannot wipe the history
+        target = reserve + reserve // 5  # trim with a margin: one trim per stretch, not one per commit
+        was_low = self.low_disk
+        self.low_disk = usage.free < (target if was_low else reserve)
+        if not self.low_disk:
+            if was_low:
+                log.info("store: free space back above the %g MB reserve", self.config.min_free_mb)
+            return
+        if not was_low and time.monotonic() - self._low_disk_logged > 60:
+            self._low_disk_logged = time.monotonic()
+            log.warning("store: %s MB free on %s, under the %g MB reserve: trimming the oldest history",
+                        _mb(usage.free), self.path.parent, self.config.min_free_mb)
+        try:
+            self.trimmed_for_space += trim_for_space(db, self.path.parent, target, stop=self._stopping)
+        except Exception as exc:  # on a full disk even a delete can fail: tried again at the next check
+            self.retention_errors += 1
+            self.last_error = f"trimming for space failed: {type(exc).__name__}: {exc}"
 
     def _retain(self, db: sqlite_utils.Database) -> None:
         try:
@@ -311,6 +489,41 @@ def trim_by_age(db: sqlite_utils.Database, max_age_hours: float | None, now_ms: 
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         log.info("store: trimmed %d detections older than %.1f h", total, max_age_hours)
     return total
+
+
+def trim_for_space(db: sqlite_utils.Database, data_dir: Path, reserve_bytes: int, chunk: int = 1000,
+                   stop: threading.Event | None = None) -> int:
+    """Delete the oldest detections until the filesystem has `reserve_bytes` free.
+
+    A database made by this agent gives freed pages back to the filesystem (incremental vacuum); an
+    older one (auto_vacuum off) cannot shrink without a VACUUM that needs twice the space, so there
+    trimming stops once the file holds that much free room inside it, for the next commits to reuse.
+    """
+    shrinks = db.execute("PRAGMA auto_vacuum").fetchone()[0] != 0
+    page_size = db.execute("PRAGMA page_size").fetchone()[0]
+
+    def enough() -> bool:
+        if shrinks:
+            return shutil.disk_usage(data_dir).free >= reserve_bytes
+        return db.execute("PRAGMA freelist_count").fetchone()[0] * page_size >= reserve_bytes
+
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # the WAL's space first
+    total = 0
+    while not enough() and not (stop and stop.is_set()):
+        n = _delete_oldest(db, "", (), "trimmed_for_space", chunk)
+        if n == 0:
+            break
+        total += n
+        if shrinks:
+            db.conn.executescript("PRAGMA incremental_vacuum;")  # executescript steps it to the end
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    if total:
+        log.info("store: trimmed %d oldest detections to keep %.1f MB free", total, reserve_bytes / MB)
+    return total
+
+
+def _mb(n: int | None) -> float | None:
+    return None if n is None else round(n / MB, 1)
 
 
 def used_bytes(db: sqlite_utils.Database) -> int:
@@ -356,6 +569,7 @@ def _store_figures(db: sqlite_utils.Database, data_dir: Path) -> dict:
         "size_bytes": sum(f.stat().st_size for f in (path, path.with_name(path.name + "-wal")) if f.exists()),
         "trimmed_by_age": counters.get("trimmed_by_age", 0),
         "trimmed_by_size": counters.get("trimmed_by_size", 0),
+        "trimmed_for_space": counters.get("trimmed_for_space", 0),
         **Outbox(db).counts(),
         "outbox_trimmed": counters.get("outbox_trimmed", 0),
         "mqtt_sessions": counters.get("mqtt_session", 0),

@@ -91,6 +91,7 @@ class MqttLink:
         self.on_message: Callable[[mqtt.MQTTMessage, int], None] | None = None  # (message, connection)
         self.subscriptions: list[str] = []  # QoS 1, renewed on every connect
         self.receive_maximum: int | None = None  # unacknowledged messages the broker may send us at once
+        self.problems: Callable[[], list[str]] = lambda: []  # what is wrong, in words, for the birth message
         self._stop = threading.Event()
         self._closing = threading.Event()  # clean stop under way: do not reconnect
         self._backoff = Backoff(config.reconnect.initial_s, config.reconnect.max_s, full_jitter=True)
@@ -100,8 +101,14 @@ class MqttLink:
 
     # -- set-up -------------------------------------------------------------------
     def _status(self, online: bool) -> str:
-        return json.dumps({"v": 1, "online": online, "session": self.session, "boot_id": self.boot_id,
-                           "version": __version__, "device": self.device_id, "ts_ms": int(time.time() * 1000)})
+        doc = {"v": 1, "online": online, "session": self.session, "boot_id": self.boot_id,
+               "version": __version__, "device": self.device_id, "ts_ms": int(time.time() * 1000)}
+        if online:
+            try:
+                doc["problems"] = self.problems()
+            except Exception as exc:  # the birth goes out whatever the device's state
+                doc["problems"] = [f"cannot list problems: {exc}"]
+        return json.dumps(doc)
 
     def _make_client(self) -> mqtt.Client:
         client = new_client(self.config, self.device_id)

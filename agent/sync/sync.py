@@ -62,6 +62,9 @@ class Syncer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sync", daemon=True)
         self.seq = 0  # per boot, in every message with boot_id
+        self._seq_lock = threading.Lock()  # readings sent around the outbox take a seq from another thread
+        self.direct_published = 0
+        self.direct_dropped = 0
         self.messages_acked = 0
         self.rows_acked = 0
         self.dead_letters = 0
@@ -95,8 +98,26 @@ class Syncer:
         self._thread.join(timeout)
 
     # -- the sender ---------------------------------------------------------------
+    def _open_outbox(self) -> bool:
+        """Wait for the store's database (it may not open at start: see agent.store.store); False: stopping."""
+        while not self._stop.is_set():
+            db = None
+            try:
+                db = connect(self._db_path)
+                self.outbox = Outbox(db)
+                self.outbox.counts()  # the tables exist: the store made or migrated the file
+                return True
+            except Exception as exc:
+                if db is not None:
+                    db.conn.close()
+                self.last_publish_error = f"outbox unavailable: {exc}"
+                self._acks.clear()  # acks of readings published around the store: nothing to settle
+                self._stop.wait(1.0)
+        return False
+
     def _run(self) -> None:
-        self.outbox = Outbox(connect(self._db_path))
+        if not self._open_outbox():
+            return
         try:
             while not self._stop.is_set():
                 self._wake.clear()
@@ -235,10 +256,32 @@ class Syncer:
             size[0] += row.bytes + 1  # the comma joining payloads
         return out
 
+    def publish_now(self, kind: str, payload: str) -> bool:
+        """A health reading sent around the outbox (the store cannot take it): latest only, not kept.
+
+        Same topic and envelope as through the outbox, with `"direct":true`; False if not connected.
+        """
+        if not self.link.connected.is_set():
+            self.direct_dropped += 1
+            return False
+        with self._seq_lock:
+            self.seq += 1
+            seq = self.seq
+        payload = self._envelope(seq) + f'"direct":true,"{kind}":{payload}}}'
+        if self.link.publish(f"{self.link.base}/{kind}", payload, retain=kind == TELEMETRY) is None:
+            self.direct_dropped += 1
+            return False
+        self.direct_published += 1
+        return True
+
+    def _envelope(self, seq: int) -> str:
+        return (f'{{"v":1,"device":{json.dumps(self.link.device_id)},"boot_id":"{self.link.boot_id}",'
+                f'"seq":{seq},')
+
     def _publish(self, topic: str, group: list[OutboxRow]) -> bool:
-        self.seq += 1
-        envelope = (f'{{"v":1,"device":{json.dumps(self.link.device_id)},"boot_id":"{self.link.boot_id}",'
-                    f'"seq":{self.seq},')
+        with self._seq_lock:
+            self.seq += 1
+            envelope = self._envelope(self.seq)
         if group[0].kind == DETECTION:  # the stored payloads are JSON already: join, do not re-encode
             body = f'"camera":{json.dumps(group[0].camera)},"detections":[' + ",".join(r.payload for r in group) + "]"
         else:
@@ -258,6 +301,7 @@ class Syncer:
             "connected": self.link.connected.is_set(), "session": self.link.session,
             "in_flight": len(self._inflight), "messages_acked": self.messages_acked,
             "rows_acked": self.rows_acked, "dead_letters": self.dead_letters, "retries": self.retries,
+            "direct_published": self.direct_published, "direct_dropped": self.direct_dropped,
             "publish_to_puback_ms": _p50_p95(self.puback_latency_ms),
             "capture_to_puback_ms": _p50_p95(self.capture_to_puback_ms),
             "last_error": self.last_publish_error or self.link.last_error,

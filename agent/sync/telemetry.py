@@ -110,4 +110,5 @@ class Telemetry:
             "sync": status.get("sync"),
             "commands": status.get("commands"),
             "config": status.get("config"),
+            "problems": status.get("problems", []),
         }
