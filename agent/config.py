@@ -169,6 +169,16 @@ class GpuConfig(_Strict):
     device_id: int = Field(0, ge=0, le=15)
 
 
+class RemoteConfig(_Strict):
+    """The trust boundary of config over MQTT; only the config file sets it."""
+
+    model_dirs: list[Path] = Field(
+        default_factory=list, max_length=32,
+        description="more directories whose model and label files config over MQTT may name "
+                    "(always: the data dir's models/ and the package's own)",
+    )
+
+
 class AgentConfig(_Strict):
     device: DeviceConfig = Field(default_factory=DeviceConfig)
     cameras: list[CameraConfig] = Field(default_factory=_demo_cameras, max_length=64)
@@ -178,6 +188,7 @@ class AgentConfig(_Strict):
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     gpu: GpuConfig = Field(default_factory=GpuConfig)
+    remote: RemoteConfig = Field(default_factory=RemoteConfig)
 
     @field_validator("cameras")
     @classmethod

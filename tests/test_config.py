@@ -159,6 +159,45 @@ def test_remote_overlay_can_switch_the_engine_type_and_cannot_reset_storage_whol
     assert [path for path, _ in err.value.errors] == ["storage"]
 
 
+def test_remote_config_cannot_reach_outside_the_agents_own_files(tmp_path: Path) -> None:
+    """The trust boundary: the config file may name anything; MQTT may not add pipelines, name files
+    outside the model dirs, or move caches."""
+    from agent.control.remote_config import allowed_model_dirs, effective_config
+
+    local_pipeline = "gst:videotestsrc ! videoconvert ! appsink"
+    base = AgentConfig(cameras=[{"name": "lab", "source": local_pipeline}],
+                       model={"path": str(tmp_path / "local.onnx"), "labels": "/etc/hostname"})
+    dirs = allowed_model_dirs(tmp_path / "data", [tmp_path / "extra"])
+    models = tmp_path / "data" / "models"
+    models.mkdir(parents=True)
+    (tmp_path / "extra").mkdir()
+    (models / "sneaky").symlink_to("/etc")  # a link out of the model dir counts where it points
+
+    def errors(overlay: dict) -> set[str]:
+        try:
+            effective_config(base, overlay, model_dirs=dirs)
+        except ConfigError as err:
+            return {path for path, _ in err.errors}
+        return set()
+
+    lab = {"name": "lab", "source": local_pipeline}
+    assert errors({"cameras": [{**lab, "fps": 5}]}) == set()  # the file's own pipeline may stay (camera command)
+    assert errors({"cameras": [lab, {"name": "x", "source": "gst:videotestsrc ! filesink location=/etc/x ! "
+                                                             "appsink"}]}) == {"cameras[1].source"}
+    assert errors({"cameras": [{**lab, "source": "gst:fakesrc ! appsink"}]}) == {"cameras[0].source"}
+    assert errors({"model": {"score_threshold": 0.6}}) == set()  # the file's paths are trusted as they are
+    assert errors({"model": {"path": str(models / "new.onnx"), "labels": str(models / "new.txt")}}) == set()
+    assert errors({"model": {"path": str(tmp_path / "extra" / "m.onnx")}}) == set()
+    assert errors({"model": {"path": "demo", "labels": None}}) == set()  # the package's own model
+    assert errors({"model": {"labels": "/etc/passwd"}}) == {"model.labels"}
+    assert errors({"model": {"path": str(models / ".." / ".." / "m.onnx")}}) == {"model.path"}
+    assert errors({"model": {"labels": str(models / "sneaky" / "passwd")}}) == {"model.labels"}
+    assert errors({"model": {"engine": {"tensorrt": {"cache_dir": "/tmp/x"}}}}) == \
+        {"model.engine.tensorrt.cache_dir"}
+    assert errors({"model": {"engine": {"type": "tensorrt", "cache_dir": "/etc"}}}) == {"model.engine.cache_dir"}
+    assert errors({"remote": {"model_dirs": ["/"]}}) == {"remote"}  # the boundary itself is local only
+
+
 def test_snapshot_encoding_respects_the_cap_by_quality_then_size() -> None:
     from agent.control.snapshot import SnapshotTooLarge, encode_capped
 

@@ -273,6 +273,14 @@ def test_each_command_answers_and_refuses_bad_arguments(setup: Setup) -> None:
         assert answer["error"]["code"] == "rejected"
         assert answer["error"]["details"][0]["path"] == "model.score_threshold"
         assert runtime.detector.score_threshold == 0.7
+        for change, path in (({"model": {"labels": "/etc/passwd"}}, "model.labels"),
+                             ({"cameras": [{"name": "x", "source": "gst:videotestsrc ! filesink location=/tmp/x "
+                                                                   "! appsink"}]}, "cameras[0].source"),
+                             ({"model": {"engine": {"tensorrt": {"cache_dir": "/tmp"}}}},
+                              "model.engine.tensorrt.cache_dir")):  # the trust boundary, over MQTT
+            answer = fleet.command(DEVICE, "set_config", {"config": change})
+            assert answer["error"]["code"] == "rejected" and answer["error"]["details"][0]["path"] == path
+        assert "root:" not in json.dumps(fleet.command(DEVICE, "get_stats")["result"])
 
         shot = fleet.command(DEVICE, "snapshot", {"camera": "front", "max_bytes": 8192})["result"]
         jpeg = base64.b64decode(shot["jpeg_base64"])

@@ -148,7 +148,7 @@ def jetson_rtsp_pipeline(url: str, codec: str = "h264", latency_ms: int = 200, t
     """
     if codec not in ("h264", "h265"):
         raise ValueError(f"codec must be h264 or h265, not {codec!r}")
-    safe_url = url.replace('"', "%22")
+    safe_url = url.replace("\\", "%5C").replace('"', "%22")  # nothing can end the quoted value early
     return (
         f'rtspsrc location="{safe_url}" latency={latency_ms} protocols=tcp tcp-timeout={int(timeout_s * 1e6)} ! '
         f"rtp{codec}depay ! {codec}parse ! nvv4l2decoder ! nvvidconv ! "

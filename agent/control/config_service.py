@@ -23,7 +23,15 @@ from typing import Any
 from agent.config import AgentConfig, ConfigError
 from agent.control.config_diff import ApplyError
 from agent.control.device_api import DeviceControl
-from agent.control.remote_config import AppliedState, combine, effective_config, load_state, redacted, save_state
+from agent.control.remote_config import (
+    AppliedState,
+    allowed_model_dirs,
+    combine,
+    effective_config,
+    load_state,
+    redacted,
+    save_state,
+)
 from agent.store.db import connect
 
 log = logging.getLogger(__name__)
@@ -50,10 +58,14 @@ class Outcome:
 class ConfigService:
     """Owns the fleet's overlay and its version; the device runs what it is given."""
 
-    def __init__(self, device: DeviceControl, file_config: AgentConfig, db_path: Path) -> None:
+    def __init__(self, device: DeviceControl, file_config: AgentConfig, db_path: Path,
+                 model_dirs: list[Path] | None = None) -> None:
         self.device = device
         self.file_config = file_config  # what the config file says; the overlay goes on top
         self._db_path = db_path
+        # Where remote config may name model and label files (agent.control.remote_config's trust boundary).
+        self.model_dirs = model_dirs if model_dirs is not None else \
+            allowed_model_dirs(db_path.parent, file_config.remote.model_dirs)
         self.state = AppliedState()
         self.error: str | None = None  # the stored overlay could not be read or no longer validates
         self.last_outcome: Outcome | None = None
@@ -73,7 +85,7 @@ class ConfigService:
             if self.state.rejected_version > self.state.version:  # still what the fleet should see
                 self.last_outcome = Outcome("rejected", self.state.rejected_version, self.state.rejected_errors)
             if self.state.version:
-                config = effective_config(self.file_config, self.state.overlay)
+                config = effective_config(self.file_config, self.state.overlay, model_dirs=self.model_dirs)
                 log.info("config version %d from the fleet applied on top of the config file", self.state.version)
                 return config
         except ConfigError as exc:  # e.g. the file changed under it; run the file's config and say so
@@ -115,7 +127,7 @@ class ConfigService:
     def _apply(self, overlay: dict[str, Any], version: int | None) -> Outcome:
         state = self.state
         try:
-            new = effective_config(self.file_config, overlay)
+            new = effective_config(self.file_config, overlay, model_dirs=self.model_dirs)
         except ConfigError as exc:
             return self._done(Outcome("rejected", version, exc.errors))
         old = self.device.config

@@ -9,6 +9,12 @@ The effective config is always the file's config with the overlay on top: a
 restart rebuilds exactly what ran. Sections that need a restart, or that could
 cut the device off its broker (`mqtt`, `device`, `storage.path`), are refused
 with their key path: those stay in the device's own config file.
+
+The trust boundary: the config file is the operator's and fully trusted. Over
+MQTT a config may not add a GStreamer pipeline (an element such as `filesink`
+writes any file the agent can), may name model and label files only under the
+model dirs (a label file's lines come back in `get_stats`), and may not move
+engine caches.
 """
 
 from __future__ import annotations
@@ -16,13 +22,15 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from agent.capture.sources import redact_source
+from agent.capture.sources import SourceKind, parse_source, redact_source
 from agent.config import AgentConfig, ConfigError, validate_config
 from agent.store.db import transaction
+from engines.config import DEMO_MODEL_NAME, DEMO_MODEL_PATH, resolve_model_path
 
 REMOTE_SECTIONS = ("cameras", "model", "telemetry", "storage")
 LOCAL_ONLY_STORAGE = ("path", "synchronous", "queue_size")  # read once at start
@@ -85,15 +93,60 @@ def remote_key_errors(patch: dict[str, Any]) -> list[tuple[str, str]]:
     return errors
 
 
-def effective_config(file_config: AgentConfig, overlay: dict[str, Any], source: str = "desired config") \
-        -> AgentConfig:
+def allowed_model_dirs(data_dir: Path, extra: list[Path]) -> list[Path]:
+    """Where config over MQTT may find model and label files: the data dir's models/, the package's, `extra`."""
+    return [(data_dir / "models").expanduser(), DEMO_MODEL_PATH.parent, *(d.expanduser() for d in extra)]
+
+
+def _keys_named(data: Any, name: str, prefix: str = "") -> list[str]:
+    """Key paths of every `name` key in nested mappings."""
+    if not isinstance(data, dict):
+        return []
+    found = []
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        found += [path] if key == name else _keys_named(value, name, path)
+    return found
+
+
+def trust_errors(file_config: AgentConfig, new: AgentConfig, overlay: dict[str, Any],
+                 model_dirs: list[Path]) -> list[tuple[str, str]]:
+    """What the overlay would make the agent open, write or run outside its own files."""
+    errors = []
+    local_sources = {cam.source for cam in file_config.cameras}
+    for i, cam in enumerate(new.cameras):
+        if parse_source(cam.source).kind is SourceKind.GSTREAMER and cam.source not in local_sources:
+            errors.append((f"cameras[{i}].source",
+                           "GStreamer pipelines (gst:) can only be set in the device's config file"))
+    errors += [(path, "engine caches cannot be moved over MQTT (config file)")
+               for path in _keys_named(overlay, "cache_dir")]
+    roots = [d.resolve() for d in model_dirs]
+    for key in ("path", "labels"):
+        value = getattr(new.model, key)
+        if value is None or value == getattr(file_config.model, key) or value == DEMO_MODEL_NAME:
+            continue
+        where = resolve_model_path(value).resolve()  # symlinks and `..` count where they lead
+        if not any(where.is_relative_to(root) for root in roots):
+            errors.append((f"model.{key}", "over MQTT only files under "
+                           + ", ".join(str(d) for d in model_dirs) + " (the config file may name any)"))
+    return errors
+
+
+def effective_config(file_config: AgentConfig, overlay: dict[str, Any], source: str = "desired config",
+                     model_dirs: list[Path] | None = None) -> AgentConfig:
     """Validate the file's config with the overlay on top; raises ConfigError with key paths."""
     if not isinstance(overlay, dict):
         raise ConfigError(source, [("config", "expected a mapping of settings")])
     errors = remote_key_errors(overlay)
     if errors:
         raise ConfigError(source, errors)
-    return validate_config(apply_overlay(file_config.model_dump(mode="json"), overlay), source)
+    new = validate_config(apply_overlay(file_config.model_dump(mode="json"), overlay), source)
+    dirs = model_dirs if model_dirs is not None else allowed_model_dirs(file_config.storage.path,
+                                                                        file_config.remote.model_dirs)
+    errors = trust_errors(file_config, new, overlay, dirs)
+    if errors:
+        raise ConfigError(source, errors)
+    return new
 
 
 def redacted(config: AgentConfig) -> dict[str, Any]:
