@@ -221,6 +221,37 @@ def test_batches_respect_the_brokers_maximum_packet_size(tmp_path: Path, long_cl
         broker.stop()
 
 
+def test_nothing_too_large_for_the_broker_is_sent_so_the_connection_is_never_lost(tmp_path: Path,
+                                                                                   short_clip: Path) -> None:
+    """A packet over the broker's Maximum Packet Size makes it close the connection, and a resend on
+    every reconnect would make that a loop: telemetry, answers and reports are checked first."""
+    from agent.fleet.fleet import FleetClient
+
+    broker = Mosquitto(tmp_path / "broker", extra_conf="max_packet_size 1500\n").start()
+    fleet = FleetClient(MqttConfig(host="127.0.0.1", port=broker.port))
+    runtime = Runtime(validate_config(agent_config(tmp_path, short_clip, broker.port, "dev-t")))
+    runtime.start()
+    try:
+        wait_for(runtime.link.connected.is_set, what="connected")
+        assert runtime.link.max_packet_size == 1500
+        runtime.telemetry.take_reading()  # a reading is several KB: it cannot go
+        wait_for(lambda: runtime.syncer.dead_letters >= 1, what="the reading kept as a dead letter")
+        answer = fleet.command("dev-t", "get_stats")
+        assert answer["ok"] is False and answer["error"]["code"] == "too_large"
+        assert "1500" in answer["error"]["message"]
+        assert fleet.command("dev-t", "ping")["ok"]
+        reported = fleet.retained("edge/dev-t/config/reported")["edge/dev-t/config/reported"]
+        assert "config" not in reported and "too large" in reported["config_omitted"]
+        runtime.telemetry.take_reading()
+        wait_for(lambda: runtime.syncer.dead_letters >= 2, what="the next reading handled the same way")
+        assert runtime.link.connects == 1  # never disconnected by the broker
+        assert "packet too large" in (runtime._store_figures()["outbox_dead_last_error"] or "")
+    finally:
+        runtime.stop()
+        fleet.close()
+        broker.stop()
+
+
 def test_mutual_tls_connects_and_wrong_trust_or_missing_client_cert_fail_clearly(tmp_path: Path) -> None:
     from tests.certs import make_pki
 

@@ -36,7 +36,7 @@ from agent.config import key_path
 from agent.control.commands import CommandError, Commands, Envelope
 from agent.control.config_service import ConfigService
 from agent.store.db import connect, transaction
-from agent.sync.mqtt_link import MqttLink
+from agent.sync.mqtt_link import MqttLink, PacketTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,15 @@ class CommandChannel:
         if correlation is not None:
             props.CorrelationData = correlation
         payload = answer if isinstance(answer, str) else _dumps({"v": 1, **answer, "ts_ms": _now_ms()})
-        if self.link.publish(response, payload, properties=props) is None:
+        try:
+            mid = self.link.publish(response, payload, properties=props)
+        except PacketTooLarge as exc:  # say so in an answer that fits, instead of losing the connection
+            self._count("answers_too_large")
+            cmd_id = answer.get("id") if isinstance(answer, dict) else json.loads(answer).get("id")
+            mid = self.link.publish(response, _dumps({"v": 1, "id": cmd_id, "ok": False, "ts_ms": _now_ms(),
+                                                      "error": _error("too_large", f"the answer is {exc}")}),
+                                    properties=props)
+        if mid is None:
             self._count("answers_lost")  # not acknowledged either: the broker delivers the command again
             return False
         self._count("answered")
@@ -281,8 +289,19 @@ class CommandChannel:
             self._command(job)
 
     def _publish_report(self, doc: dict[str, Any]) -> bool:
-        """The retained config/reported document; False if paho would not take it now."""
-        return self.link.publish(self.reported_topic, _dumps(doc), retain=True) is not None
+        """The retained config/reported document; False if paho would not take it now.
+
+        Too large for the broker, it goes without the effective config (`get_config` has it)."""
+        try:
+            return self.link.publish(self.reported_topic, _dumps(doc), retain=True) is not None
+        except PacketTooLarge as exc:
+            doc = {k: v for k, v in doc.items() if k != "config"}
+            doc["config_omitted"] = f"{exc}; ask with get_config"
+            try:
+                return self.link.publish(self.reported_topic, _dumps(doc), retain=True) is not None
+            except PacketTooLarge:
+                log.error("config/reported does not fit in the broker's maximum packet size even without the config")
+                return True  # nothing more to do: acknowledge, or it comes back on every connect
 
     def _command(self, job: _Job) -> None:
         assert job.message is not None and job.envelope is not None and job.args is not None

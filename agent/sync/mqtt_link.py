@@ -49,6 +49,22 @@ def build_tls_context(config: MqttConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+class PacketTooLarge(Exception):
+    """A message over the broker's Maximum Packet Size: sent, it would make the broker close the connection."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size, self.limit = size, limit
+        super().__init__(f"packet too large for the broker ({size} bytes, its maximum is {limit})")
+
+
+def packet_size(topic: str, payload: str | bytes, properties: Properties | None = None) -> int:
+    """Bytes of a QoS 1 PUBLISH on the wire (MQTT v5: header, topic, packet id, properties, payload)."""
+    props = len(properties.pack()) if properties is not None else 1
+    body = 2 + len(topic.encode()) + 2 + props + len(payload.encode() if isinstance(payload, str) else payload)
+    length_bytes = 1 if body < 128 else 2 if body < 16_384 else 3 if body < 2_097_152 else 4
+    return 1 + length_bytes + body
+
+
 class ClientSetupError(Exception):
     """The client cannot be set up: unreadable password file, CA, certificate or key."""
 
@@ -231,7 +247,13 @@ class MqttLink:
 
     def publish(self, topic: str, payload: str | bytes, retain: bool = False,
                 properties: Properties | None = None) -> int | None:
-        """Hand a QoS 1 message to paho; its mid, or None if paho refused it now."""
+        """Hand a QoS 1 message to paho; its mid, or None if paho refused it now.
+
+        Raises PacketTooLarge for a message the broker said it does not take (CONNACK).
+        """
+        limit = self.max_packet_size
+        if limit is not None and (size := packet_size(topic, payload, properties)) > limit:
+            raise PacketTooLarge(size, limit)
         info = self.client.publish(topic, payload, qos=1, retain=retain, properties=properties)
         return info.mid if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS else None
 

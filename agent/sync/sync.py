@@ -21,7 +21,7 @@ from agent.config import MqttConfig
 from agent.measure import LatencyWindow
 from agent.store.db import connect
 from agent.store.outbox import DETECTION, TELEMETRY, Outbox, OutboxRow
-from agent.sync.mqtt_link import MqttLink
+from agent.sync.mqtt_link import MqttLink, PacketTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +151,7 @@ class Syncer:
                 self.puback_latency_ms.add((now - flight.sent_mono) * 1000)
                 self.capture_to_puback_ms.extend([now_ms - c for c in flight.created_ms])
             elif reason in PERMANENT_FAILURES:
-                self.last_publish_error = f"broker refused a message: {PERMANENT_FAILURES[reason]}"
-                self.outbox.bury(flight.seqs, PERMANENT_FAILURES[reason])
-                self.dead_letters += len(flight.seqs)  # counted once stored: never more than the outbox holds
-                log.error("sync: %s; %d rows kept as dead letters", self.last_publish_error, len(flight.seqs))
+                self._bury(flight.seqs, PERMANENT_FAILURES[reason])
             else:
                 self.retries += 1
                 self._cursor = 0  # released: rescan from the oldest row
@@ -166,6 +163,12 @@ class Syncer:
         if done:
             self.outbox.acknowledge(done)
             self.rows_acked += len(done)
+
+    def _bury(self, seqs: list[int], reason: str) -> None:
+        self.last_publish_error = f"broker refused a message: {reason}"
+        self.outbox.bury(seqs, reason)
+        self.dead_letters += len(seqs)  # counted once stored: never more than the outbox holds
+        log.error("sync: %s; %d rows kept as dead letters", self.last_publish_error, len(seqs))
 
     def _expire(self) -> None:
         cutoff = time.monotonic() - INFLIGHT_TIMEOUT_S
@@ -268,7 +271,12 @@ class Syncer:
             self.seq += 1
             seq = self.seq
         payload = self._envelope(seq) + f'"direct":true,"{kind}":{payload}}}'
-        if self.link.publish(f"{self.link.base}/{kind}", payload, retain=kind == TELEMETRY) is None:
+        try:
+            mid = self.link.publish(f"{self.link.base}/{kind}", payload, retain=kind == TELEMETRY)
+        except PacketTooLarge as exc:
+            self.last_publish_error = str(exc)
+            mid = None
+        if mid is None:
             self.direct_dropped += 1
             return False
         self.direct_published += 1
@@ -287,7 +295,11 @@ class Syncer:
         else:
             body = f'"{group[0].kind}":{group[0].payload}'
         payload = envelope + body + "}"
-        mid = self.link.publish(topic, payload, retain=group[0].kind == TELEMETRY)  # latest reading for `fleet`
+        try:
+            mid = self.link.publish(topic, payload, retain=group[0].kind == TELEMETRY)  # latest reading for `fleet`
+        except PacketTooLarge as exc:  # as the broker would answer 0x95, without losing the connection
+            self._bury([r.seq for r in group], str(exc))
+            return True  # handled: the pass goes on
         if mid is None:
             self.last_publish_error = "paho refused the message (not connected or queue full)"
             return False
