@@ -106,11 +106,23 @@ class Runtime:
         else:
             threading.Thread(target=self.config_service.restore_running, name="config-restore", daemon=True).start()
 
+    def _degraded(self, camera: str) -> str | None:
+        """Why a running camera yields no detections: no engine, or its frames failing inference."""
+        if self.detector is None:
+            return f"no detection: {self.model_error or 'no model loaded'}"
+        worker = self.worker
+        return worker.degraded.get(camera) if worker is not None else None
+
     def problems(self) -> list[str]:
         """What an operator must fix or know, in words: in the birth message, telemetry and get_stats."""
         out = self.store.problems()
         if self.model_error:
             out.append(f"model not loaded: {self.model_error}")
+        worker = self.worker
+        if worker is not None and worker.consecutive_errors:
+            out.append(f"inference failing ({worker.consecutive_errors} in a row, engine reloaded "
+                       f"{worker.reloads} times): {worker.last_error}"
+                       + (f"; the last reload failed: {worker.reload_error}" if worker.reload_error else ""))
         if self.config_service.error:
             out.append(f"config: {self.config_service.error}")
         return out
@@ -137,8 +149,24 @@ class Runtime:
 
     def _start_worker(self) -> None:
         if self.detector is not None:
-            self.worker = InferenceWorker(self.detector, self._slots, self._sink, self.metrics, self._wake)
+            self.worker = InferenceWorker(self.detector, self._slots, self._sink, self.metrics, self._wake,
+                                          reload=self._reload_detector)
             self.worker.start()
+
+    def _reload_detector(self, failing: Detector) -> Detector | None:
+        """Called by the inference worker (its own thread) when inference keeps failing: the same model,
+        loaded afresh. None when not now (a config change under way); a failed load raises."""
+        if not self._parts.acquire(timeout=0):  # apply_config may be stopping this very worker: never wait
+            return None
+        try:
+            if self.detector is not failing or self._stopping:
+                return None
+            fresh = self._load_model(self.config.model)
+            self.detector = fresh
+            failing.close()  # the worker, the only user, is the caller and switches to the fresh one
+            return fresh
+        finally:
+            self._parts.release()
 
     def _stop_worker(self, timeout: float = 3.0) -> bool:
         worker, self.worker = self.worker, None
@@ -302,7 +330,7 @@ class Runtime:
             stats["state"] = stats["state"].value
             summary = self.metrics.camera_summary(name)
             summary["stages"] = {"decode": camera.read_ms.summary(), **summary["stages"]}
-            cameras[name] = {**stats, **summary}
+            cameras[name] = {**stats, **summary, "degraded": self._degraded(name)}
         return {
             "device_id": self.device_id,
             "version": __version__,
@@ -314,6 +342,7 @@ class Runtime:
             "gpu_memory": self.gpu.report(),
             "inference_errors": self.worker.errors if self.worker else 0,
             "frames_failed": self.worker.frames_failed if self.worker else 0,
+            "engine_reloads": self.worker.reloads if self.worker else 0,
             "cameras": cameras,
             "sync": None if self.syncer is None else self.syncer.stats(),
             "commands": None if self.channel is None else self.channel.stats(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from agent.capture.frames import Frame, FrameSlot
 from agent.pipeline.inference import InferenceWorker
 from agent.pipeline.metrics import PipelineMetrics
 from engines import Detection, DetectorConfig, load_detector
+from tests.helpers import wait_for
 from tests.onnx_models import make_constant_model, yolov8_output
 
 
@@ -63,3 +65,67 @@ def test_batch_across_cameras_is_processed_and_timed_per_camera(tmp_path: Path) 
         summary = metrics.camera_summary(cam)
         assert summary["frames"] == 1 and summary["detections"] == 1
         assert all(summary["stages"][s]["p50_ms"] is not None for s in ("pre", "infer", "post", "capture_age"))
+
+
+class FailingInfer:
+    """Fault injection around a real detector: its inference raises, as a GPU context gone bad does."""
+
+    def __init__(self, real) -> None:
+        self._real = real
+        self.calls: list[float] = []  # monotonic time of each attempt
+
+    def __getattr__(self, name: str):
+        return getattr(self._real, name)
+
+    def infer(self, prepared):
+        self.calls.append(time.monotonic())
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def test_inference_that_keeps_failing_backs_off_reloads_the_engine_and_says_so(
+        tmp_path: Path, short_clip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent import runtime as runtime_mod
+    from agent.config import validate_config
+    from agent.pipeline import inference as inference_mod
+    from engines import ModelError
+
+    monkeypatch.setattr(inference_mod, "RELOAD_AFTER", 2)
+    real_load = runtime_mod.Runtime._load_model
+    loads: list[dict] = []
+    broken: list[FailingInfer] = []
+
+    def load(self, model_config):
+        loads.append(self.status() if loads else {})  # what the device said just before each reload
+        if len(loads) == 1:
+            broken.append(FailingInfer(real_load(self, model_config)))
+            return broken[0]
+        if len(loads) == 2:
+            raise ModelError("the GPU is still busy")  # the first reload fails: tried again later
+        return real_load(self, model_config)
+
+    monkeypatch.setattr(runtime_mod.Runtime, "_load_model", load)
+    runtime = runtime_mod.Runtime(validate_config({
+        # unpaced: a frame is always waiting, so the gaps between attempts are the worker's own waits
+        "cameras": [{"name": "front", "source": str(short_clip), "loop": True, "realtime": False}],
+        "storage": {"path": str(tmp_path / "data")},
+    }))
+    runtime.start()
+    try:
+        wait_for(lambda: runtime.worker.reloads == 1, what="the engine reloaded")
+        wait_for(lambda: runtime.latest_detections.get("front") is not None, what="frames through the new engine")
+        wait_for(lambda: runtime.status()["cameras"]["front"]["degraded"] is None, what="the camera well again")
+        assert len(loads) == 3 and runtime.detector is not broken[0]
+        before_reload = loads[2]
+        assert "inference failing (4 in a row" in before_reload["cameras"]["front"]["degraded"]
+        assert before_reload["cameras"]["front"]["state"] == "running"  # capture was fine: degraded says why
+        assert any("the last reload failed: ModelError: the GPU is still busy" in p
+                   for p in before_reload["problems"])
+        gaps = [b - a for a, b in zip(broken[0].calls, broken[0].calls[1:])]
+        assert len(broken[0].calls) == 4 and gaps[-1] > 2 * gaps[0]  # waits grew: no 50 ms loop
+        status = runtime.status()
+        assert status["inference_errors"] == 4 and status["frames_failed"] >= 4 and status["engine_reloads"] == 1
+        assert runtime.problems() == []
+        assert runtime.telemetry.read()["inference"] == {"inference_errors": 4, "frames_failed":
+                                                         status["frames_failed"], "engine_reloads": 1}
+    finally:
+        runtime.stop()

@@ -101,9 +101,10 @@ class Telemetry:
             "engine": status.get("engine") and {k: status["engine"][k] for k in
                                                 ("backend", "model_path", "precision", "layout", "providers")},
             "model_error": status.get("model_error"),
+            "inference": {k: status.get(k, 0) for k in ("inference_errors", "frames_failed", "engine_reloads")},
             "cameras": {
-                name: {k: cam[k] for k in ("state", "fps", "frames_captured", "frames_dropped", "frames_skipped",
-                                           "reconnects", "last_error", "stages")}
+                name: {k: cam.get(k) for k in ("state", "degraded", "fps", "frames_captured", "frames_dropped",
+                                               "frames_skipped", "reconnects", "last_error", "stages")}
                 for name, cam in status.get("cameras", {}).items()
             },
             "store": {**status.get("store", {}), **self._store_figures()},
