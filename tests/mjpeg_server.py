@@ -2,7 +2,8 @@
 
 Serves `multipart/x-mixed-replace` JPEG frames from the demo scene generator,
 like the HTTP streams of many IP cameras. `stall()` keeps connections open but
-sends nothing (a dead stream); `resume()` serves frames again.
+sends nothing (a dead stream); `resume()` serves frames again; `go_away()` and
+`come_back()` unplug it and plug it in again on the same port.
 """
 
 from __future__ import annotations
@@ -51,14 +52,31 @@ class MjpegCamera:
                 except (BrokenPipeError, ConnectionResetError):
                     return
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/stream.mjpg"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._handler = Handler
+        self._server = self._listen(0)
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/stream.mjpg"
+
+    def _listen(self, port: int) -> ThreadingHTTPServer:
+        server = ThreadingHTTPServer(("127.0.0.1", port), self._handler)
+        server.daemon_threads = True
+        return server
 
     def start(self) -> MjpegCamera:
-        self._thread.start()
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
+
+    def go_away(self) -> None:
+        """Unplugged: open streams end and connections are refused, until come_back()."""
+        self._closed.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def come_back(self) -> None:
+        """Plugged in again, on the same address."""
+        self._closed.clear()
+        self._server = self._listen(self.port)
+        self.start()
 
     def stall(self) -> None:
         self._serving.clear()
@@ -67,6 +85,4 @@ class MjpegCamera:
         self._serving.set()
 
     def close(self) -> None:
-        self._closed.set()
-        self._server.shutdown()
-        self._server.server_close()
+        self.go_away()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,55 @@ def test_dead_network_stream_times_out_and_reconnects(tmp_path: Path, short_clip
     finally:
         runtime.stop()
         server.close()
+
+
+def test_a_camera_back_after_a_long_outage_is_noticed_at_once_and_its_outage_counted(tmp_path: Path) -> None:
+    """The backoff has grown to 20 s (a long outage); a cheap probe notices the return far sooner."""
+    from tests.mjpeg_server import MjpegCamera
+
+    server = MjpegCamera().start()
+    runtime = make_runtime(tmp_path, [camera("ipcam", server.url, fps=15, no_frame_timeout_s=1.0,
+                                             reconnect={"initial_s": 20.0, "max_s": 20.0})])
+    runtime.start()
+    try:
+        cam = runtime.cameras["ipcam"]
+        wait_for(lambda: cam.state is CameraState.RUNNING and cam.frames_captured > 5, what="stream running")
+        assert cam.stats().outage_s == 0.0
+        server.go_away()
+        wait_for(lambda: cam.state is CameraState.RECONNECTING, timeout=20, what="the loss noticed")
+        wait_for(lambda: cam.source_gone, what="a probe seeing the camera gone")
+        connections = server.connections
+        server.come_back()
+        back = time.monotonic()
+        wait_for(lambda: cam.state is CameraState.RUNNING, timeout=10, what="the camera back")
+        noticed = time.monotonic() - back
+        assert noticed < 5.0, f"{noticed:.1f}s: the 10-20 s backoff was waited out"  # typically well under 2 s
+        assert server.connections == connections + 1  # one full open, no hammering
+        outage = cam.stats().outage_s
+        assert outage >= noticed and outage < 60
+    finally:
+        runtime.stop()
+        server.close()
+
+
+def test_probes_tell_a_present_source_from_a_gone_one(tmp_path: Path) -> None:
+    import socket
+
+    from agent.capture.sources import parse_source, source_present
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    assert source_present(parse_source(f"rtsp://u:pw@127.0.0.1:{port}/x"), 0.5) is True
+    listener.close()
+    assert source_present(parse_source(f"rtsp://127.0.0.1:{port}/x"), 0.5) is False
+    clip = tmp_path / "a.mp4"
+    assert source_present(parse_source(str(clip)), 0.5) is False
+    clip.write_bytes(b"x")
+    assert source_present(parse_source(str(clip)), 0.5) is True
+    assert source_present(parse_source("/dev/video97"), 0.5) is False
+    assert source_present(parse_source("gst:videotestsrc ! appsink"), 0.5) is None  # no cheap probe
 
 
 def test_grey_and_bgra_frames_become_bgr_and_odd_shapes_are_rejected() -> None:

@@ -1,8 +1,13 @@
 """One capture thread per camera over OpenCV VideoCapture.
 
 A camera that fails to open, stops delivering, or errors is reopened with
-exponential backoff and jitter; it never affects other cameras. A source that
-can never open here (e.g. a GStreamer pipeline without GStreamer) is `failed`.
+exponential backoff and jitter; it never affects other cameras. While it waits,
+a cheap probe (TCP connect, device node, file) looks every PROBE_S whether the
+source is there: one that was seen gone and is back is opened at once, so a
+camera returning after a long outage is not left dark for the grown backoff,
+and one that is up but will not stream is not opened more often for it. A
+source that can never open here (e.g. a GStreamer pipeline without GStreamer)
+is `failed`. The time each camera spent not running is counted.
 """
 
 from __future__ import annotations
@@ -29,12 +34,16 @@ from agent.capture.sources import (
     jetson_csi_pipeline,
     jetson_rtsp_pipeline,
     require_gstreamer,
+    source_present,
 )
 from agent.config import CameraConfig
 from agent.demo.clips import ensure_demo_clip
 from agent.measure import LatencyWindow
 
 log = logging.getLogger(__name__)
+
+PROBE_S = 0.5  # how often a camera that is away is looked for while its reconnect waits
+PROBE_TIMEOUT_S = 0.5
 
 
 class _End(Enum):
@@ -65,6 +74,7 @@ class CameraStats:
     last_error: str | None
     last_frame_age_s: float | None
     source: str
+    outage_s: float  # time not running since start (connecting, reconnecting, stalled), in seconds
 
 
 Opener = Callable[[Source, CameraConfig], cv2.VideoCapture]
@@ -140,6 +150,9 @@ class Camera:
         self.frames_invalid = 0
         self._last_frame: float | None = None
         self.latest: Frame | None = None  # newest frame handed to inference, for snapshots
+        self.source_gone = False  # a probe found the source absent during the current wait
+        self._outage_total = 0.0
+        self._down_since: float | None = time.monotonic()  # not running yet: counts as an outage
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> None:
@@ -158,8 +171,16 @@ class Camera:
         state = self.state
         if state is CameraState.RUNNING and age is not None and age > self.config.no_frame_timeout_s:
             state = CameraState.STALLED
+        now = time.monotonic()
+        outage = self._outage_total
+        down = self._down_since
+        if down is not None:
+            outage += now - down
+        elif state is CameraState.STALLED and self._last_frame is not None:
+            outage += now - self._last_frame
         return CameraStats(state, self.frames_captured, self.slot.dropped, self.frames_skipped,
-                           self.frames_invalid, self.reconnects, self.last_error, age, describe(self._source))
+                           self.frames_invalid, self.reconnects, self.last_error, age, describe(self._source),
+                           round(outage, 1))
 
     # -- capture loop -------------------------------------------------------------
     def _run(self) -> None:
@@ -172,21 +193,50 @@ class Camera:
                     if self.config.loop:
                         continue  # loop: reopen at once, not a failure
                     self.state = CameraState.FINISHED
+                    self._came_up()  # finished is not an outage
                     return
                 if ended is _End.UNSUPPORTED:
                     self.state = CameraState.FAILED
                     return
+                self._went_down()
                 self.state = CameraState.RECONNECTING
                 self.reconnects += 1
                 delay = self._backoff.next_delay()
                 log.info("camera %s: reconnecting in %.1fs (%s)", self.name, delay, self.last_error)
-                self._stop.wait(delay)
+                self._wait_or_notice_return(delay)
         except Exception as exc:  # a bug must not go unnoticed, nor take the agent down
             log.exception("camera %s: capture thread crashed", self.name)
             self.last_error = f"internal error: {exc}"
             self.state = CameraState.FAILED
             return
         self.state = CameraState.STOPPED
+
+    def _went_down(self) -> None:
+        if self._down_since is None:
+            # a stall counts from the last frame, not from when the read timed out
+            self._down_since = self._last_frame if self._last_frame is not None else time.monotonic()
+
+    def _came_up(self) -> None:
+        if self._down_since is not None:
+            self._outage_total += time.monotonic() - self._down_since
+            self._down_since = None
+
+    def _wait_or_notice_return(self, delay: float) -> None:
+        """Wait `delay` s, or less if a probe sees the source come back after having seen it gone."""
+        deadline = time.monotonic() + delay
+        self.source_gone = False
+        while not self._stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            if self._stop.wait(min(PROBE_S, left)):
+                return
+            present = source_present(self._source, PROBE_TIMEOUT_S)
+            if present is None:  # nothing cheap to look at: the backoff alone decides
+                self._stop.wait(max(0.0, deadline - time.monotonic()))
+                return
+            if not present:
+                self.source_gone = True
+            elif self.source_gone:
+                log.info("camera %s: source is back; opening it now", self.name)
+                return
 
     def _session(self) -> _End:
         """Open the source and read until it ends or fails."""
@@ -235,6 +285,7 @@ class Camera:
                 self.state = CameraState.RUNNING
                 self.last_error = None
                 self._backoff.reset()
+                self._came_up()
                 log.info("camera %s: running (%s)", self.name, describe(self._source))
             if paced and not is_file and now < next_due - period * 0.1:
                 self.frames_skipped += 1  # live source faster than the target fps

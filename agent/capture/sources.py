@@ -8,10 +8,13 @@ index or `/dev/videoN`; an `rtsp://`, `rtsps://`, `http://` or `https://` URL;
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import cv2
@@ -120,6 +123,30 @@ def redact_source(raw: str | int) -> str | int:
     if source.kind in (SourceKind.NETWORK, SourceKind.GSTREAMER):
         return describe(source)
     return raw
+
+
+_DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
+
+
+def source_present(source: Source, timeout_s: float) -> bool | None:
+    """A cheap look whether a source is there, without opening it: a network camera's port accepts a
+    TCP connection, a device node or file exists. None where there is no such look (pipelines, CSI)."""
+    if source.kind is SourceKind.NETWORK:
+        parts = urlsplit(str(source.value))
+        if not parts.hostname:
+            return None
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower())
+        try:
+            socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+            return True
+        except OSError:
+            return False
+    if source.kind is SourceKind.V4L2:
+        value = source.value
+        return os.path.exists(value if isinstance(value, str) else f"/dev/video{value}")
+    if source.kind is SourceKind.FILE:
+        return Path(str(source.value)).expanduser().is_file()
+    return None
 
 
 @lru_cache(maxsize=1)

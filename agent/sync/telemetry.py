@@ -104,7 +104,7 @@ class Telemetry:
             "inference": {k: status.get(k, 0) for k in ("inference_errors", "frames_failed", "engine_reloads")},
             "cameras": {
                 name: {k: cam.get(k) for k in ("state", "degraded", "fps", "frames_captured", "frames_dropped",
-                                               "frames_skipped", "reconnects", "last_error", "stages")}
+                                               "frames_skipped", "reconnects", "outage_s", "last_error", "stages")}
                 for name, cam in status.get("cameras", {}).items()
             },
             "store": {**status.get("store", {}), **self._store_figures()},
