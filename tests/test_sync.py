@@ -441,7 +441,7 @@ def test_transient_refusals_pause_sending_longer_each_time_then_become_dead_lett
     holds = []
     try:
         for attempt in range(TRANSIENT_ATTEMPTS):
-            syncer._inflight[attempt] = _InFlight([1], time.monotonic(), [0])
+            syncer._inflight[attempt] = _InFlight([1], time.monotonic(), [0], 100)
             syncer._on_publish(attempt, 0x97)  # quota exceeded
             before = time.monotonic()
             syncer._settle_acks()
@@ -453,3 +453,58 @@ def test_transient_refusals_pause_sending_longer_each_time_then_become_dead_lett
         assert "0x97" in error and f"{TRANSIENT_ATTEMPTS} attempts" in error
     finally:
         syncer.outbox.db.conn.close()
+
+
+def test_the_brokers_receive_maximum_bounds_what_is_in_flight(tmp_path: Path) -> None:
+    db_path = outbox_with_detections(tmp_path / "data", 3000, int(time.time() * 1000))
+    broker = Mosquitto(tmp_path / "broker", extra_conf="max_inflight_messages 4\n").start()  # its Receive Maximum
+    collector = Collector(broker.port, "edge/dev-rm/detections/#")
+    config = MqttConfig(host="127.0.0.1", port=broker.port, window=64, batch={"max_count": 10})
+    link = MqttLink(config, "dev-rm", "b00t", lambda: 1)
+    syncer = Syncer(link, db_path, config)
+    syncer.start()
+    link.start()
+    try:
+        wait_for(lambda: outbox_pending(tmp_path / "data") == 0, timeout=60, what="outbox drained")
+        wait_for(lambda: len(collector.unique()) == 3000, what="every detection at the broker")
+        assert link.broker_receive_maximum == 4 and link.send_window == 4
+        assert syncer.peak_in_flight == 4  # the window was used, and never past what the broker takes
+    finally:
+        syncer.stop()
+        link.stop()
+        collector.close()
+        broker.stop()
+
+
+def test_a_slow_link_that_still_acknowledges_gets_nothing_resent(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 50 kB/s uplink: the last of 64 messages in flight waits ~4 s for its PUBACK, longer than the
+    in-flight timeout (1 s here, 60 s in the field), while acks keep coming: nothing may be sent twice."""
+    from agent.sync import sync as sync_mod
+    from tests.slow_link import SlowLink
+
+    monkeypatch.setattr(sync_mod, "INFLIGHT_TIMEOUT_S", 1.0)
+    db_path = outbox_with_detections(tmp_path / "data", 2000, int(time.time() * 1000))
+    broker = Mosquitto(tmp_path / "broker", extra_conf="max_inflight_messages 100\n").start()  # not its 20
+    link_to_broker = SlowLink(broker.port, bytes_per_s=50_000)
+    collector = Collector(broker.port, "edge/dev-slow/detections/#")
+    config = MqttConfig(host="127.0.0.1", port=link_to_broker.port, window=64,
+                        batch={"max_bytes": 4096, "max_age_ms": 0})
+    link = MqttLink(config, "dev-slow", "b00t", lambda: 1)
+    syncer = Syncer(link, db_path, config)
+    syncer.start()
+    link.start()
+    try:
+        wait_for(lambda: outbox_pending(tmp_path / "data") == 0, timeout=120, what="outbox drained")
+        wait_for(lambda: len(collector.unique()) == 2000, what="every detection at the broker")
+        slowest = syncer.puback_latency_ms.percentiles(100)[0]
+        assert slowest > 1000, slowest  # acks did take longer than the timeout
+        assert syncer.retries == 0 and collector.duplicates() == 0
+        rate = syncer.stats()["ack_rate_kbit_s"]
+        assert 100 < rate < 1000, rate  # ~400 kbit/s measured from the acks
+    finally:
+        syncer.stop()
+        link.stop()
+        link_to_broker.close()
+        collector.close()
+        broker.stop()

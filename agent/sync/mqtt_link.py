@@ -100,6 +100,8 @@ class MqttLink:
         self.session = 0
         self.connected = threading.Event()
         self.max_packet_size: int | None = None  # from the broker's CONNACK
+        self.broker_receive_maximum: int | None = None  # from the broker's CONNACK
+        self.send_window = config.window  # messages in flight at most: mqtt.window, or less if the broker says
         self.last_error: str | None = None
         self.connects = 0
         self.on_publish: Callable[[int, int], None] = lambda mid, rc: None
@@ -153,6 +155,13 @@ class MqttLink:
             no_delay(client)
             session_error = self._count_session()
             self.max_packet_size = getattr(properties, "MaximumPacketSize", None) if properties else None
+            # The broker's Receive Maximum (HiveMQ 10, EMQX 32, Mosquitto max_inflight_messages): paho does
+            # not apply it, and more unacknowledged messages than that is a protocol error.
+            self.broker_receive_maximum = getattr(properties, "ReceiveMaximum", None) if properties else None
+            self.send_window = min(self.config.window, self.broker_receive_maximum or self.config.window)
+            # paho's setter refuses while connected (a doubt about 0 <-> n changes; this is always n > 0),
+            # and its limit must cover answers and reports too, not only the syncer's window.
+            client._max_inflight_messages = self.send_window
             client.publish(self.status_topic, self._status(True), qos=1, retain=True)  # birth before any data
             if self.subscriptions:  # retain as published: a handler can tell (and refuse) retained commands
                 options = SubscribeOptions(qos=1, retainAsPublished=True)

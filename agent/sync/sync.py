@@ -33,7 +33,11 @@ PERMANENT_FAILURES = {
     0x99: "payload format invalid",
 }
 TRANSIENT_ATTEMPTS = 10  # refusals that may pass (0x80, 0x83, 0x97 quota exceeded) before a row is buried
-INFLIGHT_TIMEOUT_S = 60.0  # an unanswered message is sent again after this
+# A message is sent again when no PUBACK at all came for this long (nor for 3x the time the measured ack rate
+# needs to drain what is in flight): on a slow link that still acknowledges, nothing is resent.
+INFLIGHT_TIMEOUT_S = 60.0
+DRAIN_TARGET_S = 10.0  # bytes in flight at most: what the measured ack rate drains in this time
+MIN_BYTES_IN_FLIGHT = 256 * 1024  # ... but never less than this, so a rate measured when idle cannot choke it
 FETCH = 2000  # outbox rows read per pass
 
 
@@ -42,6 +46,7 @@ class _InFlight:
     seqs: list[int]
     sent_mono: float
     created_ms: list[int]  # capture time of each detection (creation time of other rows)
+    size: int  # payload bytes
 
 
 class Syncer:
@@ -70,6 +75,10 @@ class Syncer:
         self.dead_letters = 0
         self.retries = 0
         self.last_publish_error: str | None = None
+        self.ack_rate: float | None = None  # bytes per second the broker acknowledges (moving average)
+        self._last_ack_mono = 0.0
+        self._bytes_in_flight = 0
+        self.peak_in_flight = 0
         self.puback_latency_ms = LatencyWindow(4096)
         self.capture_to_puback_ms = LatencyWindow(16384)
         link.on_publish = self._on_publish
@@ -144,6 +153,8 @@ class Syncer:
             if flight is None:
                 continue  # an ack for a message we already gave up on: it will be sent again anyway
             self._busy.difference_update(flight.seqs)
+            self._bytes_in_flight -= flight.size
+            self._measure_ack(flight, now)
             if reason < 0x80:
                 self._broker_refusals.reset()
                 done.extend(flight.seqs)
@@ -170,11 +181,34 @@ class Syncer:
         self.dead_letters += len(seqs)  # counted once stored: never more than the outbox holds
         log.error("sync: %s; %d rows kept as dead letters", self.last_publish_error, len(seqs))
 
+    def _measure_ack(self, flight: _InFlight, now: float) -> None:
+        """The link's drain rate: bytes of this ack over the time since the previous ack (or its send)."""
+        elapsed = max(now - max(self._last_ack_mono, flight.sent_mono), 1e-3)
+        sample = flight.size / elapsed
+        self.ack_rate = sample if self.ack_rate is None else 0.8 * self.ack_rate + 0.2 * sample
+        self._last_ack_mono = now
+
+    def expiry_s(self) -> float:
+        """How long without any PUBACK before what is in flight is given up on and sent again."""
+        if not self.ack_rate:
+            return INFLIGHT_TIMEOUT_S
+        return max(INFLIGHT_TIMEOUT_S, 3 * self._bytes_in_flight / self.ack_rate)
+
+    def byte_budget(self) -> float:
+        """Payload bytes that may be in flight: about DRAIN_TARGET_S of the measured ack rate."""
+        if not self.ack_rate:
+            return float("inf")
+        return max(MIN_BYTES_IN_FLIGHT, self.ack_rate * DRAIN_TARGET_S)
+
     def _expire(self) -> None:
-        cutoff = time.monotonic() - INFLIGHT_TIMEOUT_S
+        now = time.monotonic()
+        if now - self._last_ack_mono <= self.expiry_s():
+            return  # acks are flowing: whatever waits is queued behind them, not lost
+        cutoff = now - self.expiry_s()
         for mid in [m for m, f in self._inflight.items() if f.sent_mono < cutoff]:
             flight = self._inflight.pop(mid)
             self._busy.difference_update(flight.seqs)
+            self._bytes_in_flight -= flight.size
             self.retries += 1
             self._cursor = 0
 
@@ -185,8 +219,9 @@ class Syncer:
             self._cursor = 0
         if (held := self._hold_until - time.monotonic()) > 0:
             return held
-        room = self.config.window - len(self._inflight)
-        if room <= 0:
+        room = self.link.send_window - len(self._inflight)
+        budget = self.byte_budget()
+        if room <= 0 or self._bytes_in_flight >= budget:
             return 0.5
         fetched = self.outbox.pending(self._cursor, FETCH)
         rows = [r for r in fetched if r.seq not in self._busy]
@@ -203,6 +238,8 @@ class Syncer:
         for topic, group in self._messages(rows):
             age_left = self._batch_age_left(group, now_ms, now_mono)
             ready = group[0].kind != DETECTION or self._is_full(group) or more_waiting or age_left <= 0
+            if self._bytes_in_flight >= budget:
+                room = 0  # the link drains no faster: more would only wait in paho's queue
             if room <= 0 or not ready or not self._publish(topic, group):
                 left_behind.append(group[0].seq)
                 if not ready:
@@ -303,7 +340,10 @@ class Syncer:
         if mid is None:
             self.last_publish_error = "paho refused the message (not connected or queue full)"
             return False
-        self._inflight[mid] = _InFlight([r.seq for r in group], time.monotonic(), [r.created_ms for r in group])
+        self._inflight[mid] = _InFlight([r.seq for r in group], time.monotonic(), [r.created_ms for r in group],
+                                        len(payload))
+        self._bytes_in_flight += len(payload)
+        self.peak_in_flight = max(self.peak_in_flight, len(self._inflight))
         self._busy.update(r.seq for r in group)
         self._cursor = max(self._cursor, max(r.seq for r in group))
         return True
@@ -311,7 +351,10 @@ class Syncer:
     def stats(self) -> dict:
         return {
             "connected": self.link.connected.is_set(), "session": self.link.session,
-            "in_flight": len(self._inflight), "messages_acked": self.messages_acked,
+            "in_flight": len(self._inflight), "in_flight_bytes": self._bytes_in_flight,
+            "window": self.link.send_window, "peak_in_flight": self.peak_in_flight,
+            "ack_rate_kbit_s": None if self.ack_rate is None else round(self.ack_rate * 8 / 1000, 1),
+            "resend_after_s": round(self.expiry_s(), 1), "messages_acked": self.messages_acked,
             "rows_acked": self.rows_acked, "dead_letters": self.dead_letters, "retries": self.retries,
             "direct_published": self.direct_published, "direct_dropped": self.direct_dropped,
             "publish_to_puback_ms": _p50_p95(self.puback_latency_ms),
