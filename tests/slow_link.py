@@ -3,6 +3,7 @@ at a fixed rate (the broker's answers pass at once), as a 1 Mbit/s uplink does."
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -37,10 +38,8 @@ class SlowLink:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 s.close()
 
     def close(self) -> None:

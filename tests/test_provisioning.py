@@ -54,12 +54,16 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
 class RawClient:
     """A plain MQTT v5 client with a certificate, recording PUBACK/SUBACK reason codes and messages."""
 
-    def __init__(self, fleet: Fleet, name: str) -> None:
+    def __init__(self, fleet: Fleet, name: str, client_id: str | None = None, tls: TlsConfig | None = None) -> None:
         self.acks: dict[int, int] = {}
         self.messages: list[tuple[str, bytes]] = []
+        self.disconnects: list[int] = []  # reason codes of disconnects by the broker
         self._event = threading.Condition()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"raw-{name}", protocol=mqtt.MQTTv5)
-        self.client.tls_set_context(build_tls_context(fleet.mqtt(name)))
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"raw-{name}",
+                                  protocol=mqtt.MQTTv5)
+        self.client.tls_set_context(build_tls_context(
+            MqttConfig(host="127.0.0.1", port=fleet.broker.port, tls=tls) if tls else fleet.mqtt(name)))
+        self.client.on_disconnect = lambda c, u, f, rc, p: self.disconnects.append(rc.value)
         self.client.on_publish = lambda c, u, mid, rc, p: self._note(mid, rc.value)
         self.client.on_subscribe = lambda c, u, mid, rcs, p: self._note(mid, rcs[0].value)
         self.client.on_message = lambda c, u, m: self._got(m.topic, m.payload)
@@ -147,3 +151,57 @@ def test_agent_and_operator_work_through_the_example_broker(fleet: Fleet, tmp_pa
     finally:
         operator.close()
         runtime.stop()
+
+
+def test_a_certificate_cannot_connect_under_another_devices_client_id(fleet: Fleet) -> None:
+    """use_username_as_clientid: dev-a asking for dev-b's client id gets its own, so dev-b is not kicked
+    off (which would also fire dev-b's Last Will)."""
+    dev_b = RawClient(fleet, "dev-b", client_id="dev-b")
+    impostor = RawClient(fleet, "dev-a", client_id="dev-b")
+    try:
+        assert dev_b.publish("edge/dev-b/status") < 0x80  # still connected, after the impostor's CONNACK
+        assert impostor.publish("edge/dev-a/status") < 0x80 and impostor.publish("edge/dev-b/status") == 0x87
+        assert dev_b.disconnects == []
+    finally:
+        impostor.close()
+        dev_b.close()
+
+
+def test_a_revoked_device_certificate_is_refused_and_the_others_still_connect(fleet: Fleet, tmp_path: Path) -> None:
+    from agent.sync.mqtt_link import check_connection
+    from tests.certs import pki
+
+    assert check_connection(fleet.mqtt("dev-b"), "dev-b", timeout=5)[0]
+    pki(tmp_path / "pki", "revoke", "dev-b")
+    fleet.broker.stop()
+    fleet.broker.start()  # the broker reads the CRL at start
+    ok, message = check_connection(fleet.mqtt("dev-b"), "dev-b", timeout=5)
+    assert not ok, message
+    assert check_connection(fleet.mqtt("dev-a"), "dev-a", timeout=5)[0]
+
+
+def test_fleet_pki_never_replaces_a_key_and_signs_requests_made_on_the_device(fleet: Fleet, tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.certs import PKI_TOOL, pki
+
+    ca_dir, device_dir = tmp_path / "pki", tmp_path / "device"
+    key = (ca_dir / "dev-a.key").read_bytes()
+    again = subprocess.run(["bash", str(PKI_TOOL), "client", str(ca_dir), "dev-a"], capture_output=True, text=True)
+    assert again.returncode != 0 and "refusing to replace" in again.stderr
+    assert (ca_dir / "dev-a.key").read_bytes() == key
+    again = subprocess.run(["bash", str(PKI_TOOL), "ca", str(ca_dir)], capture_output=True, text=True)
+    assert again.returncode != 0 and (ca_dir / "ca.pem").exists()
+
+    pki(device_dir, "csr", "dev-c")  # on the device: the key stays there, only the request travels
+    pki(ca_dir, "sign", "dev-c", str(device_dir / "dev-c.csr"))
+    assert not (ca_dir / "dev-c.key").exists() and (ca_dir / "dev-c.pem").exists()
+    wrong = subprocess.run(["bash", str(PKI_TOOL), "sign", str(ca_dir), "dev-d", str(device_dir / "dev-c.csr")],
+                           capture_output=True, text=True)
+    assert wrong.returncode != 0 and "CN is 'dev-c'" in wrong.stderr  # a request signs only as its own name
+    device = RawClient(fleet, "dev-c", tls=TlsConfig(ca_file=fleet.pki["ca.pem"], cert_file=ca_dir / "dev-c.pem",
+                                                     key_file=device_dir / "dev-c.key"))
+    try:
+        assert device.publish("edge/dev-c/status") < 0x80 and device.publish("edge/dev-a/status") == 0x87
+    finally:
+        device.close()

@@ -328,8 +328,13 @@ def check_connection(config: MqttConfig, client_id: str, timeout: float = 10.0) 
     answer: list[str] = []
     client.on_connect = lambda _c, _u, _f, reason, _p: answer.append(str(reason))
     target = f"{config.host}:{config.port}"
+    # A broker that makes the certificate's CN the client id (provisioning/mosquitto) gives this check
+    # the running agent's session: resume it and keep its expiry, never start it clean (that would drop
+    # the commands waiting in it).
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = config.session_expiry_s
     try:
-        client.connect(config.host, config.port, config.keepalive)
+        client.connect(config.host, config.port, config.keepalive, clean_start=False, properties=props)
     except (OSError, ssl.SSLError, ValueError) as exc:
         return False, f"{target}: {describe_connect_error(exc)}"
     deadline = time.monotonic() + timeout
