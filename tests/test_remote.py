@@ -188,7 +188,8 @@ def test_invalid_desired_config_is_rejected_with_key_paths_and_the_old_config_ke
         assert runtime.config is before and runtime.cameras == cameras  # untouched, same camera objects
         counted = {name: frames(runtime, name) for name in cameras}
         wait_for(lambda: all(frames(runtime, n) > c for n, c in counted.items()), what="cameras still running")
-        version, report = setup.fleet.publish_desired(DEVICE, {"model": {"path": "/nonexistent.onnx"}})
+        missing = setup.tmp_path / "data" / "models" / "nonexistent.onnx"  # where remote config may look
+        version, report = setup.fleet.publish_desired(DEVICE, {"model": {"path": str(missing)}})
         assert report["status"] == "rejected" and report["errors"][0]["path"] == "model"
         assert runtime.detector is not None and runtime.config is before
         version, report = setup.fleet.publish_desired(DEVICE, {"model": {"iou_threshold": 0.6}})
@@ -201,7 +202,8 @@ def test_invalid_desired_config_is_rejected_with_key_paths_and_the_old_config_ke
 def test_model_change_swaps_the_engine_and_keeps_stored_data(setup: Setup, tmp_path: Path) -> None:
     from engines.config import DEMO_MODEL_PATH
 
-    copy = tmp_path / "copy.onnx"
+    copy = tmp_path / "data" / "models" / "copy.onnx"  # the data dir's models/: remote config may name it
+    copy.parent.mkdir(parents=True)
     copy.write_bytes(DEMO_MODEL_PATH.read_bytes())
     runtime = setup.start_device()
     try:
