@@ -349,3 +349,34 @@ def test_commits_that_fail_on_a_full_disk_resume_by_themselves_when_space_return
         assert store.problems() == []
     finally:
         assert store.stop()
+
+
+def test_a_database_that_cannot_shrink_is_not_wiped_for_space_it_could_never_give_back(small_disk: Path) -> None:
+    # A database made before auto_vacuum (as by older agents): deleting rows frees nothing on the disk.
+    conn = sqlite3.connect(small_disk / store_mod.DB_NAME)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+    db = connect(small_disk / store_mod.DB_NAME)
+    migrate(db)
+    assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    now_ms = int(time.time() * 1000)
+    history = [{"id": uuid7(now_ms), "camera": "cam", "ts_ms": now_ms, "frame": i, "label": "square",
+                "class_id": 1, "score": 0.9, "x1": 1.0, "y1": 2.0, "x2": 3.0, "y2": 4.0} for i in range(8000)]
+    with store_mod.transaction(db):
+        db["detections"].insert_all(history)
+    db.conn.close()
+    ballast = fill(small_disk)  # someone else filled the disk: far more missing than the file holds
+    ballast_size = ballast.stat().st_size
+    ballast.write_bytes(b"\0" * (ballast_size - 700 * 1024))  # leaves ~700 KB: under the 1 MB reserve
+    store = Store(small_disk, StorageConfig(path=small_disk, min_free_mb=1))
+    store.start()
+    try:
+        for frame in range(20):
+            commits = store.commits
+            assert store.submit("cam", 10_000 + frame, now_ms, [DET] * 10)
+            wait_for(lambda c=commits: store.commits > c or store.write_errors, what="a commit")
+        assert store.low_disk and store.write_errors == 0
+        kept = rows(store.path, "SELECT count(*) FROM detections WHERE frame < 10000")[0][0]
+        assert 0 < store.trimmed_for_space < 4000 and kept == 8000 - store.trimmed_for_space  # most kept
+    finally:
+        assert store.stop()

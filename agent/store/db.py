@@ -12,12 +12,16 @@ import sqlite_utils
 
 def connect(path: Path, synchronous: str = "full") -> sqlite_utils.Database:
     conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
-    # Only takes on a new, empty file (before WAL mode is set): freed pages can go back to the filesystem.
-    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
-    conn.execute("PRAGMA busy_timeout=30000")
-    conn.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")  # the WAL shrinks back after checkpoints
+    try:
+        # Only takes on a new, empty file (before WAL mode is set): freed pages can go back to the filesystem.
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")  # the WAL shrinks back after checkpoints
+    except BaseException:  # e.g. not a database: no handle left open on a file about to be moved aside
+        conn.close()
+        raise
     return sqlite_utils.Database(conn)
 
 

@@ -34,6 +34,7 @@ DB_NAME = "edge-agent.db"
 MAX_ROWS_PER_COMMIT = 5000
 REOPEN_S = 30.0  # a database that cannot be opened is tried again this often
 SPACE_CHECK_S = 1.0  # free space on the data dir's filesystem is looked at after each commit, and this often
+TRIM_EVERY_S = 0.2  # while free space stays under the reserve, trimming acts at most this often
 PROBE_S = 5.0  # after a failed commit, a small write tests the database this often while nothing comes
 MB = 1024 * 1024
 CORRUPT_CODES = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
@@ -126,6 +127,22 @@ def is_corrupt(exc: BaseException) -> bool:
     return getattr(exc, "sqlite_errorname", None) in CORRUPT_CODES
 
 
+def check_readable(path: Path) -> None:
+    """Read the schema through a read-only connection; raises sqlite3.DatabaseError for a damaged file.
+
+    Read-only, because closing a writable connection to a damaged file lets SQLite delete a `-wal` it
+    cannot use, and that WAL is part of what is kept aside for recovery.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return  # nothing yet: a new database
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        conn.execute("PRAGMA user_version").fetchone()
+    finally:
+        conn.close()
+
+
 def open_database(path: Path, synchronous: str) -> sqlite_utils.Database:
     """Connect, read the schema (a damaged file fails here, not at the first commit) and migrate."""
     db = connect(path, synchronous)
@@ -195,6 +212,7 @@ class Store:
         self.low_disk = False  # free space under storage.min_free_mb: history is being trimmed
         self.trimmed_for_space = 0
         self._low_disk_logged = -1e9
+        self._trimmed_mono = -1e9
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> None:
@@ -294,6 +312,7 @@ class Store:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             try:
+                check_readable(self.path)
                 db = open_database(self.path, self.config.synchronous)
             except sqlite3.DatabaseError as exc:
                 if not is_corrupt(exc):
@@ -302,7 +321,7 @@ class Store:
                 log.error("store: %s is damaged (%s); moved aside to %s, starting a fresh database",
                           self.path, exc, self.recovered_from)
                 db = open_database(self.path, self.config.synchronous)
-        except (OSError, RuntimeError, sqlite3.Error) as exc:
+        except Exception as exc:  # no space, no permission, a newer schema: reported, tried again
             error = f"cannot open {self.path}: {getattr(exc, 'strerror', None) or exc}"
             if error != self.open_error:
                 log.error("store: %s (trying again every %gs)", error, self._reopen_s)
@@ -313,8 +332,10 @@ class Store:
         return db
 
     def _run(self) -> None:
-        db = self._open()
-        self._ready.set()
+        try:
+            db = self._open()
+        finally:
+            self._ready.set()  # start() never waits for ever, whatever happened
         while db is None:
             if self._stopping.wait(self._reopen_s):
                 return
@@ -322,7 +343,10 @@ class Store:
             if db is not None:
                 log.info("store: %s opened", self.path)
                 if self._on_open is not None:
-                    self._on_open()
+                    try:
+                        self._on_open()
+                    except Exception:  # the store runs either way
+                        log.exception("store: on_open hook failed")
         next_retention = time.monotonic() + min(5.0, self.config.retention_interval_s)
         next_space_check = 0.0
         last_attempt = time.monotonic()
@@ -440,10 +464,14 @@ class Store:
             if was_low:
                 log.info("store: free space back above the %g MB reserve", self.config.min_free_mb)
             return
-        if not was_low and time.monotonic() - self._low_disk_logged > 60:
-            self._low_disk_logged = time.monotonic()
+        now = time.monotonic()
+        if not was_low and now - self._low_disk_logged > 60:
+            self._low_disk_logged = now
             log.warning("store: %s MB free on %s, under the %g MB reserve: trimming the oldest history",
                         _mb(usage.free), self.path.parent, self.config.min_free_mb)
+        if was_low and now - self._trimmed_mono < TRIM_EVERY_S:
+            return  # still low: act again soon, not after every commit
+        self._trimmed_mono = now
         try:
             self.trimmed_for_space += trim_for_space(db, self.path.parent, target, stop=self._stopping)
         except Exception as exc:  # on a full disk even a delete can fail: tried again at the next check
@@ -486,28 +514,42 @@ def trim_by_age(db: sqlite_utils.Database, max_age_hours: float | None, now_ms: 
         if n < chunk:
             break
     if total:
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        checkpoint(db)
         log.info("store: trimmed %d detections older than %.1f h", total, max_age_hours)
     return total
 
 
-def trim_for_space(db: sqlite_utils.Database, data_dir: Path, reserve_bytes: int, chunk: int = 1000,
-                   stop: threading.Event | None = None) -> int:
-    """Delete the oldest detections until the filesystem has `reserve_bytes` free.
+HEADROOM_BYTES = 256 * 1024  # a database that cannot shrink keeps this much room inside it for the next commits
 
-    A database made by this agent gives freed pages back to the filesystem (incremental vacuum); an
-    older one (auto_vacuum off) cannot shrink without a VACUUM that needs twice the space, so there
-    trimming stops once the file holds that much free room inside it, for the next commits to reuse.
+
+def checkpoint(db: sqlite_utils.Database) -> None:
+    """Copy the WAL into the database and truncate it, without waiting on readers (a reader's open
+    snapshot would otherwise hold the writer for the whole busy timeout)."""
+    db.execute("PRAGMA busy_timeout=100")
+    try:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    finally:
+        db.execute("PRAGMA busy_timeout=30000")
+
+
+def trim_for_space(db: sqlite_utils.Database, data_dir: Path, target_bytes: int, chunk: int = 200,
+                   stop: threading.Event | None = None) -> int:
+    """Delete the oldest detections until the filesystem has `target_bytes` free.
+
+    A database made by this agent gives freed pages back to the filesystem (incremental vacuum). An
+    older one (auto_vacuum off) cannot shrink without a VACUUM that needs twice the space: there
+    deleting frees nothing on the disk, so trimming only keeps a little room inside the file
+    (HEADROOM_BYTES) for the next commits: the file stops growing, and the history is not wiped for
+    space it could never give back.
     """
+    checkpoint(db)  # the WAL's space first
     shrinks = db.execute("PRAGMA auto_vacuum").fetchone()[0] != 0
     page_size = db.execute("PRAGMA page_size").fetchone()[0]
-
     def enough() -> bool:
         if shrinks:
-            return shutil.disk_usage(data_dir).free >= reserve_bytes
-        return db.execute("PRAGMA freelist_count").fetchone()[0] * page_size >= reserve_bytes
+            return shutil.disk_usage(data_dir).free >= target_bytes
+        return db.execute("PRAGMA freelist_count").fetchone()[0] * page_size >= HEADROOM_BYTES
 
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # the WAL's space first
     total = 0
     while not enough() and not (stop and stop.is_set()):
         n = _delete_oldest(db, "", (), "trimmed_for_space", chunk)
@@ -516,9 +558,9 @@ def trim_for_space(db: sqlite_utils.Database, data_dir: Path, reserve_bytes: int
         total += n
         if shrinks:
             db.conn.executescript("PRAGMA incremental_vacuum;")  # executescript steps it to the end
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        checkpoint(db)  # small deletes, each out of the WAL at once: on a nearly full disk the WAL is the limit
     if total:
-        log.info("store: trimmed %d oldest detections to keep %.1f MB free", total, reserve_bytes / MB)
+        log.info("store: trimmed %d oldest detections to keep %.1f MB free", total, target_bytes / MB)
     return total
 
 
@@ -547,7 +589,7 @@ def trim_by_size(db: sqlite_utils.Database, max_size_mb: float | None, chunk: in
             break
         total += n
     if total:
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        checkpoint(db)
         log.warning("store: trimmed %d oldest detections to stay under %.0f MB", total, max_size_mb)
     return total
 
