@@ -108,16 +108,21 @@ def test_a_store_that_cannot_open_still_shows_and_answers_and_catches_up_once_it
         reading = readings(collector, direct=True)[-1]["telemetry"]
         assert any("store not running" in p for p in reading["problems"])
         assert runtime.config_service.applied_version == 0  # the stored overlay could not be read
+        newer, report = fleet.publish_desired(DEVICE, {"cameras": [{"name": "front", "source": str(short_clip),
+                                                                    "fps": 4, "loop": True}]})
+        assert report["status"] == "rejected" and report["errors"][0]["path"] == "(storage)"
 
         (data / store_mod.DB_NAME).rmdir()  # the operator fixes it: the store opens by itself
         for part in held.iterdir():
             part.rename(data / part.name)
         wait_for(lambda: runtime.store.running, what="the store to open")
-        wait_for(lambda: runtime.config.cameras[0].fps == 5, what="the stored overlay applied")
-        assert runtime.config_service.applied_version == version and runtime.problems() == []
+        # the stored v1 first, then the newer version refused meanwhile, without waiting for a reconnect
+        wait_for(lambda: runtime.config.cameras[0].fps == 4, what="the version refused for want of storage")
+        assert runtime.config_service.applied_version == newer and runtime.problems() == []
         wait_for(lambda: (setup_report := fleet.retained(f"edge/{DEVICE}/config/reported")
                           .get(f"edge/{DEVICE}/config/reported")) and setup_report["status"] == "applied"
-                 and setup_report["applied_version"] == version, what="the fleet told the stored version runs")
+                 and setup_report["applied_version"] == newer, what="the fleet told the newer version runs")
+        assert runtime.link.connects == 1 and version < newer
         runtime.telemetry.take_reading()
         wait_for(lambda: readings(collector, direct=False), what="a reading through the outbox again")
         wait_for(lambda: runtime.store.committed_rows > 0, what="detections committed")

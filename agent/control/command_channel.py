@@ -273,8 +273,7 @@ class CommandChannel:
 
     def _handle(self, job: _Job) -> None:
         if job.kind == "restore":
-            self.config.restore_running()
-            self._publish_report(self.config.reported())
+            self._publish_report(self.config.reported(self.config.restore_running()))
         elif job.kind == "report":
             self._publish_report(self.config.reported())
         elif job.kind == "desired":

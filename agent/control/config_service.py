@@ -69,6 +69,7 @@ class ConfigService:
         self.state = AppliedState()
         self.error: str | None = None  # the stored overlay could not be read or no longer validates
         self.last_outcome: Outcome | None = None
+        self._deferred: tuple[int, dict[str, Any]] | None = None  # a desired version refused for want of storage
 
     @property
     def applied_version(self) -> int:
@@ -97,9 +98,11 @@ class ConfigService:
             log.error("%s", self.error)
         return self.file_config
 
-    def restore_running(self) -> None:
+    def restore_running(self) -> Outcome | None:
         """The store opened after start (agent.store.store retries): put the stored overlay on, as a start
-        would have, so that the next change builds on it instead of replacing it."""
+        would have, so that the next change builds on it instead of replacing it; then apply the desired
+        version that was refused meanwhile for want of storage (its message was acknowledged: it does
+        not come again before the next reconnect). Returns that version's outcome, if there was one."""
         self.last_outcome, self.error = None, None  # refusals for want of storage are moot now
         config = self.restore()
         if self.state.version or self.state.overlay:
@@ -109,6 +112,8 @@ class ConfigService:
             except ApplyError as exc:
                 self.error = f"stored fleet config v{self.state.version} cannot be applied: {exc}"
                 log.error("%s", self.error)
+        deferred, self._deferred = self._deferred, None
+        return None if deferred is None else self.apply_desired(*deferred)
 
     def apply_desired(self, version: int, overlay: dict[str, Any]) -> Outcome | None:
         """A desired version: the fleet's whole overlay. None when not newer than the applied or the
@@ -116,8 +121,11 @@ class ConfigService:
         if version <= max(self.applied_version, self.state.rejected_version):
             return None
         outcome = self._apply(overlay, version)
-        if not outcome.ok and not any(path in TRANSIENT for path, _ in outcome.errors):
-            self._remember_rejection(outcome)
+        if not outcome.ok:
+            if any(path == "(storage)" for path, _ in outcome.errors):
+                self._deferred = (version, overlay)  # tried again when the store opens (restore_running)
+            elif not any(path in TRANSIENT for path, _ in outcome.errors):
+                self._remember_rejection(outcome)
         return outcome
 
     def apply_patch(self, patch: dict[str, Any]) -> Outcome:
