@@ -153,18 +153,26 @@ class Runtime:
                                           reload=self._reload_detector)
             self.worker.start()
 
-    def _reload_detector(self, failing: Detector) -> Detector | None:
+    def _reload_detector(self, failing: Detector | None) -> Detector | None:
         """Called by the inference worker (its own thread) when inference keeps failing: the same model,
-        loaded afresh. None when not now (a config change under way); a failed load raises."""
+        loaded afresh. The failing one is closed first (its GPU memory counts against the budget the new
+        one needs); a failed load raises and leaves no engine, which the worker tries again later. None:
+        not now (a config change under way holds the parts, or stop)."""
         if not self._parts.acquire(timeout=0):  # apply_config may be stopping this very worker: never wait
             return None
         try:
             if self.detector is not failing or self._stopping:
                 return None
-            fresh = self._load_model(self.config.model)
-            self.detector = fresh
-            failing.close()  # the worker, the only user, is the caller and switches to the fresh one
-            return fresh
+            self.detector, self.model_error = None, "reloading the engine after inference failures"
+            if failing is not None:
+                failing.close()  # the worker, its only user, is the caller
+            try:
+                self.detector = self._load_model(self.config.model)
+            except (ModelError, BackendUnavailable, OSError, ValueError) as exc:
+                self.model_error = f"reload after inference failures: {exc}"
+                raise
+            self.model_error = None
+            return self.detector
         finally:
             self._parts.release()
 

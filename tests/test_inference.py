@@ -73,6 +73,11 @@ class FailingInfer:
     def __init__(self, real) -> None:
         self._real = real
         self.calls: list[float] = []  # monotonic time of each attempt
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        self._real.close()
 
     def __getattr__(self, name: str):
         return getattr(self._real, name)
@@ -89,7 +94,7 @@ def test_inference_that_keeps_failing_backs_off_reloads_the_engine_and_says_so(
     from agent.pipeline import inference as inference_mod
     from engines import ModelError
 
-    monkeypatch.setattr(inference_mod, "RELOAD_AFTER", 2)
+    monkeypatch.setattr(inference_mod, "RELOAD_AFTER", 4)
     real_load = runtime_mod.Runtime._load_model
     loads: list[dict] = []
     broken: list[FailingInfer] = []
@@ -115,11 +120,13 @@ def test_inference_that_keeps_failing_backs_off_reloads_the_engine_and_says_so(
         wait_for(lambda: runtime.latest_detections.get("front") is not None, what="frames through the new engine")
         wait_for(lambda: runtime.status()["cameras"]["front"]["degraded"] is None, what="the camera well again")
         assert len(loads) == 3 and runtime.detector is not broken[0]
-        before_reload = loads[2]
-        assert "inference failing (4 in a row" in before_reload["cameras"]["front"]["degraded"]
-        assert before_reload["cameras"]["front"]["state"] == "running"  # capture was fine: degraded says why
-        assert any("the last reload failed: ModelError: the GPU is still busy" in p
-                   for p in before_reload["problems"])
+        failed_reload, retried = loads[1], loads[2]  # what the device said before each reload
+        assert any("inference failing (4 in a row" in p for p in failed_reload["problems"])
+        assert "reloading the engine" in failed_reload["cameras"]["front"]["degraded"]
+        assert failed_reload["cameras"]["front"]["state"] == "running"  # capture was fine: degraded says why
+        assert retried["engine"] is None  # no engine between the tries
+        assert any("the last reload failed: ModelError: the GPU is still busy" in p for p in retried["problems"])
+        assert broken[0].closed  # closed before the reload: its GPU memory was needed
         gaps = [b - a for a, b in zip(broken[0].calls, broken[0].calls[1:])]
         assert len(broken[0].calls) == 4 and gaps[-1] > 2 * gaps[0]  # waits grew: no 50 ms loop
         status = runtime.status()
@@ -127,5 +134,48 @@ def test_inference_that_keeps_failing_backs_off_reloads_the_engine_and_says_so(
         assert runtime.problems() == []
         assert runtime.telemetry.read()["inference"] == {"inference_errors": 4, "frames_failed":
                                                          status["frames_failed"], "engine_reloads": 1}
+    finally:
+        runtime.stop()
+
+
+class FailsForSmallFrames:
+    """Fault injection around a real detector: frames of one camera (320 px wide) break preprocessing."""
+
+    def __init__(self, real) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str):
+        return getattr(self._real, name)
+
+    def preprocess(self, images):
+        if any(image.shape[1] == 320 for image in images):
+            raise ValueError("cannot letterbox this frame")
+        return self._real.preprocess(images)
+
+
+def test_a_camera_whose_frames_break_inference_is_kept_apart_and_the_others_go_on(
+        tmp_path: Path, short_clip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent import runtime as runtime_mod
+    from agent.config import validate_config
+    from agent.demo.clips import write_clip
+
+    small = write_clip(tmp_path / "small.mp4", seconds=1.0, seed=5, width=320, height=240)
+    real_load = runtime_mod.Runtime._load_model
+    monkeypatch.setattr(runtime_mod.Runtime, "_load_model", lambda self, c: FailsForSmallFrames(real_load(self, c)))
+    runtime = runtime_mod.Runtime(validate_config({
+        "cameras": [{"name": "good", "source": str(short_clip), "loop": True, "realtime": False},
+                    {"name": "bad", "source": str(small), "loop": True, "realtime": False}],
+        "storage": {"path": str(tmp_path / "data")},
+    }))
+    runtime.start()
+    try:
+        wait_for(lambda: runtime.status()["cameras"]["bad"]["degraded"] is not None, what="the bad camera found")
+        counted = runtime.metrics.frames.get("good", 0)
+        wait_for(lambda: runtime.metrics.frames.get("good", 0) > counted + 20, what="the good camera going on")
+        status = runtime.status()
+        assert "its frames fail inference" in status["cameras"]["bad"]["degraded"]
+        assert status["cameras"]["good"]["degraded"] is None and status["engine_reloads"] == 0
+        assert runtime.worker.consecutive_errors == 0 and runtime.metrics.frames.get("bad", 0) == 0
+        assert status["inference_errors"] < 20  # tried alone, less and less often: not once per batch
     finally:
         runtime.stop()

@@ -8,7 +8,10 @@ are handed to the store.
 Inference that fails is retried with a growing wait (never a hot loop); after
 RELOAD_AFTER failures in a row the engine is reloaded from its config (a GPU
 context or session gone bad comes back that way), and each camera whose frames
-failed says so (`degraded`) until one of its frames goes through again.
+failed says so (`degraded`) until one of its frames goes through again. When a
+batch of several cameras fails, each frame is tried alone: a camera whose frames
+alone fail is kept out of batches (tried on its own, less and less often) while
+the others go on, and the engine is not blamed for it.
 """
 
 from __future__ import annotations
@@ -26,14 +29,16 @@ from engines import Detection, Detector
 log = logging.getLogger(__name__)
 
 Sink = Callable[[Frame, list[Detection]], None]
-Reload = Callable[[Detector], Detector | None]  # the failing detector → a fresh one (None: could not)
+# The failing detector (or None) → a fresh one; None: not now. It closes the failing one first; raises if
+# the fresh one does not load.
+Reload = Callable[[Detector | None], Detector | None]
 RELOAD_AFTER = 5  # failures in a row before the engine is reloaded
 
 
 class InferenceWorker:
     """One worker thread per detector."""
 
-    def __init__(self, detector: Detector, slots: Callable[[], list[FrameSlot]], sink: Sink,
+    def __init__(self, detector: Detector | None, slots: Callable[[], list[FrameSlot]], sink: Sink,
                  metrics: PipelineMetrics, wake: threading.Event, reload: Reload | None = None) -> None:
         self.detector = detector
         self._slots = slots
@@ -46,6 +51,8 @@ class InferenceWorker:
         self.reloads = 0
         self.reload_error: str | None = None  # why the last reload failed
         self.degraded: dict[str, str] = {}  # camera → why its frames are failing (bounded by the cameras)
+        # camera → (monotonic retry time, backoff): a camera whose frames alone fail, kept out of batches
+        self._quarantine: dict[str, tuple[float, Backoff]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
         self._next = 0
@@ -85,24 +92,83 @@ class InferenceWorker:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            if self.detector is None:  # a reload closed the failing engine and could not load a new one
+                self._stop.wait(self._backoff.next_delay())
+                if not self._stop.is_set():
+                    self._reload_engine()
+                continue
             self._wake.clear()
             batch = self.collect()
             if not batch:
                 self._wake.wait(0.2)
                 continue
-            try:
-                self.process(batch)
-            except Exception as exc:  # one bad frame or runtime hiccup must not stop the pipeline
-                self._failed(batch, exc)
-                continue
-            if self.consecutive_errors:
-                log.info("inference works again after %d failures", self.consecutive_errors)
-            self.consecutive_errors = 0
-            self._backoff.reset()
+            now = time.monotonic()
+            healthy = [f for f in batch if f.camera not in self._quarantine]
+            if healthy:
+                self._run_batch(healthy)
             for frame in batch:
-                self.degraded.pop(frame.camera, None)
+                if frame.camera in self._quarantine:
+                    self._retry_alone(frame, now)
 
-    def _failed(self, batch: list[Frame], exc: Exception) -> None:
+    def _run_batch(self, batch: list[Frame]) -> None:
+        try:
+            self.process(batch)
+        except Exception as exc:  # one bad frame or runtime hiccup must not stop the pipeline
+            if len(batch) == 1 or not self._isolate(batch):
+                self._engine_failed(batch, exc)
+            return
+        self._engine_ok()
+        for frame in batch:
+            self.degraded.pop(frame.camera, None)
+
+    def _isolate(self, batch: list[Frame]) -> bool:
+        """A batch failed: each frame alone tells a camera whose frames break inference from a broken
+        engine. True if some frames went through (the cameras that failed are quarantined)."""
+        failures: list[tuple[Frame, Exception]] = []
+        for frame in batch:
+            try:
+                self.process([frame])
+            except Exception as exc:
+                failures.append((frame, exc))
+        if len(failures) == len(batch):
+            return False
+        self._engine_ok()
+        for frame, exc in failures:
+            self._camera_failed(frame, exc)
+        return True
+
+    def _retry_alone(self, frame: Frame, now: float) -> None:
+        """A quarantined camera's frame: dropped (counted) until its retry time, then tried on its own."""
+        retry_at, _ = self._quarantine[frame.camera]
+        if now < retry_at:
+            self.frames_failed += 1
+            return
+        try:
+            self.process([frame])
+        except Exception as exc:
+            self._camera_failed(frame, exc)
+            return
+        del self._quarantine[frame.camera]
+        self.degraded.pop(frame.camera, None)
+        log.info("camera %s: inference works again for its frames", frame.camera)
+
+    def _camera_failed(self, frame: Frame, exc: Exception) -> None:
+        self.errors += 1
+        self.frames_failed += 1
+        error = f"{type(exc).__name__}: {exc}"
+        _, backoff = self._quarantine.get(frame.camera, (0.0, Backoff(0.5, 30.0)))
+        self._quarantine[frame.camera] = (time.monotonic() + backoff.next_delay(), backoff)
+        self.degraded[frame.camera] = f"its frames fail inference ({backoff.attempts} in a row): {error}"
+        if backoff.attempts <= 3:
+            log.warning("camera %s: its frames fail inference, the other cameras go on: %s", frame.camera, error)
+
+    def _engine_ok(self) -> None:
+        if self.consecutive_errors:
+            log.info("inference works again after %d failures", self.consecutive_errors)
+        self.consecutive_errors = 0
+        self._backoff.reset()
+
+    def _engine_failed(self, batch: list[Frame], exc: Exception) -> None:
         self.errors += 1
         self.consecutive_errors += 1
         self.frames_failed += len(batch)
@@ -116,12 +182,15 @@ class InferenceWorker:
         self._stop.wait(self._backoff.next_delay())
 
     def _reload_engine(self) -> None:
+        """Hand the failing engine to `reload`, which closes it before loading afresh (its GPU memory is
+        needed for the new one). If the load fails there is no engine until a later try succeeds."""
         log.warning("inference failed %d times in a row: reloading the engine", self.consecutive_errors)
         assert self._reload is not None
         try:
             fresh = self._reload(self.detector)
         except Exception as exc:  # the reload is a remedy; its failure is one more thing to report, not a crash
             self.reload_error = f"{type(exc).__name__}: {exc}"
+            self.detector = None
             log.error("engine reload failed: %s", self.reload_error)
             return
         if fresh is not None:
