@@ -39,6 +39,7 @@ INFLIGHT_TIMEOUT_S = 60.0
 DRAIN_TARGET_S = 10.0  # bytes in flight at most: what the measured ack rate drains in this time
 MIN_BYTES_IN_FLIGHT = 256 * 1024  # ... but never less than this, so a rate measured when idle cannot choke it
 FETCH = 2000  # outbox rows read per pass
+OTHERS_IN_FLIGHT = 2  # window slots left to the link's other messages (birth, answers, reports)
 
 
 @dataclass
@@ -147,6 +148,7 @@ class Syncer:
         done: list[int] = []
         now = time.monotonic()
         now_ms = int(time.time() * 1000)
+        acked_bytes, first_sent = 0, now
         while self._acks:
             mid, reason = self._acks.popleft()
             flight = self._inflight.pop(mid, None)
@@ -154,7 +156,8 @@ class Syncer:
                 continue  # an ack for a message we already gave up on: it will be sent again anyway
             self._busy.difference_update(flight.seqs)
             self._bytes_in_flight -= flight.size
-            self._measure_ack(flight, now)
+            acked_bytes += flight.size
+            first_sent = min(first_sent, flight.sent_mono)
             if reason < 0x80:
                 self._broker_refusals.reset()
                 done.extend(flight.seqs)
@@ -171,6 +174,8 @@ class Syncer:
                 self.dead_letters += buried
                 self.last_publish_error = f"broker answered reason code 0x{reason:02x}; will retry" + \
                     (f" ({buried} rows out of attempts kept as dead letters)" if buried else "")
+        if acked_bytes:
+            self._measure_acks(acked_bytes, first_sent, now)
         if done:
             self.outbox.acknowledge(done)
             self.rows_acked += len(done)
@@ -181,12 +186,18 @@ class Syncer:
         self.dead_letters += len(seqs)  # counted once stored: never more than the outbox holds
         log.error("sync: %s; %d rows kept as dead letters", self.last_publish_error, len(seqs))
 
-    def _measure_ack(self, flight: _InFlight, now: float) -> None:
-        """The link's drain rate: bytes of this ack over the time since the previous ack (or its send)."""
-        elapsed = max(now - max(self._last_ack_mono, flight.sent_mono), 1e-3)
-        sample = flight.size / elapsed
+    def _measure_acks(self, acked_bytes: int, first_sent: float, now: float) -> None:
+        """The link's drain rate, once per pass: the bytes acknowledged since the previous pass with acks,
+        over the time since then (or since the oldest of them was sent, if the link was idle before)."""
+        elapsed = max(now - max(self._last_ack_mono, first_sent), 1e-3)
+        sample = acked_bytes / elapsed
         self.ack_rate = sample if self.ack_rate is None else 0.8 * self.ack_rate + 0.2 * sample
         self._last_ack_mono = now
+
+    def window(self) -> int:
+        """Messages this sender may have in flight: the link's window less a few slots for the birth,
+        answers and reports, which paho sends beside it (and all at once after a reconnect)."""
+        return max(1, self.link.send_window - OTHERS_IN_FLIGHT)
 
     def expiry_s(self) -> float:
         """How long without any PUBACK before what is in flight is given up on and sent again."""
@@ -219,7 +230,7 @@ class Syncer:
             self._cursor = 0
         if (held := self._hold_until - time.monotonic()) > 0:
             return held
-        room = self.link.send_window - len(self._inflight)
+        room = self.window() - len(self._inflight)
         budget = self.byte_budget()
         if room <= 0 or self._bytes_in_flight >= budget:
             return 0.5
@@ -352,7 +363,7 @@ class Syncer:
         return {
             "connected": self.link.connected.is_set(), "session": self.link.session,
             "in_flight": len(self._inflight), "in_flight_bytes": self._bytes_in_flight,
-            "window": self.link.send_window, "peak_in_flight": self.peak_in_flight,
+            "window": self.window(), "peak_in_flight": self.peak_in_flight,
             "ack_rate_kbit_s": None if self.ack_rate is None else round(self.ack_rate * 8 / 1000, 1),
             "resend_after_s": round(self.expiry_s(), 1), "messages_acked": self.messages_acked,
             "rows_acked": self.rows_acked, "dead_letters": self.dead_letters, "retries": self.retries,
