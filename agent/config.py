@@ -177,6 +177,11 @@ class RemoteConfig(_Strict):
         description="more directories whose model and label files config over MQTT may name "
                     "(always: the data dir's models/ and the package's own)",
     )
+    media_dirs: list[Path] = Field(
+        default_factory=list, max_length=32,
+        description="more directories whose video files config over MQTT may name as camera sources "
+                    "(always: the data dir's media/)",
+    )
 
 
 class AgentConfig(_Strict):

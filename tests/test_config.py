@@ -162,12 +162,13 @@ def test_remote_overlay_can_switch_the_engine_type_and_cannot_reset_storage_whol
 def test_remote_config_cannot_reach_outside_the_agents_own_files(tmp_path: Path) -> None:
     """The trust boundary: the config file may name anything; MQTT may not add pipelines, name files
     outside the model dirs, or move caches."""
-    from agent.control.remote_config import allowed_model_dirs, effective_config
+    from agent.control.remote_config import effective_config, trusted_dirs
 
     local_pipeline = "gst:videotestsrc ! videoconvert ! appsink"
     base = AgentConfig(cameras=[{"name": "lab", "source": local_pipeline}],
-                       model={"path": str(tmp_path / "local.onnx"), "labels": "/etc/hostname"})
-    dirs = allowed_model_dirs(tmp_path / "data", [tmp_path / "extra"])
+                       model={"path": str(tmp_path / "local.onnx"), "labels": "/etc/hostname"},
+                       remote={"model_dirs": [str(tmp_path / "extra")]})
+    dirs = trusted_dirs(tmp_path / "data", base)
     models = tmp_path / "data" / "models"
     models.mkdir(parents=True)
     (tmp_path / "extra").mkdir()
@@ -175,7 +176,7 @@ def test_remote_config_cannot_reach_outside_the_agents_own_files(tmp_path: Path)
 
     def errors(overlay: dict) -> set[str]:
         try:
-            effective_config(base, overlay, model_dirs=dirs)
+            effective_config(base, overlay, dirs=dirs)
         except ConfigError as err:
             return {path for path, _ in err.errors}
         return set()
@@ -196,6 +197,12 @@ def test_remote_config_cannot_reach_outside_the_agents_own_files(tmp_path: Path)
         {"model.engine.tensorrt.cache_dir"}
     assert errors({"model": {"engine": {"type": "tensorrt", "cache_dir": "/etc"}}}) == {"model.engine.cache_dir"}
     assert errors({"remote": {"model_dirs": ["/"]}}) == {"remote"}  # the boundary itself is local only
+    media = tmp_path / "data" / "media"
+    assert errors({"cameras": [lab, {"name": "f", "source": str(media / "clip.mp4")}]}) == set()
+    assert errors({"cameras": [lab, {"name": "d", "source": "demo:2"}, {"name": "r", "source": "rtsp://cam/x"},
+                               {"name": "v", "source": 0}]}) == set()
+    assert errors({"cameras": [lab, {"name": "f", "source": "/home/someone/private.jpg"}]}) == {"cameras[1].source"}
+    assert errors({"cameras": [lab, {"name": "f", "source": str(media / ".." / "x.mp4")}]}) == {"cameras[1].source"}
 
 
 def test_snapshot_encoding_respects_the_cap_by_quality_then_size() -> None:

@@ -61,6 +61,15 @@ def setup(tmp_path: Path, short_clip: Path) -> Iterator[Setup]:
     broker.stop()
 
 
+def in_media(setup: Setup, clip: Path) -> Path:
+    """A copy of `clip` in the data dir's media/, where config over MQTT may name video files."""
+    media = setup.tmp_path / "data" / "media"
+    media.mkdir(parents=True, exist_ok=True)
+    copy = media / clip.name
+    copy.write_bytes(clip.read_bytes())
+    return copy
+
+
 def frames(runtime: Runtime, camera: str) -> int:
     return runtime.cameras[camera].frames_captured
 
@@ -226,7 +235,8 @@ def test_camera_added_over_mqtt_starts_while_the_others_keep_counting(setup: Set
         wait_for(lambda: front.frames_captured > 3 and back.frames_captured > 3, what="cameras running")
         counted = (front.frames_captured, back.frames_captured)
         answer = fleet.command(DEVICE, "camera", {"action": "add", "name": "side",
-                                                  "settings": {"source": str(other_clip), "fps": 10}})
+                                                  "settings": {"source": str(in_media(setup, other_clip)),
+                                                               "fps": 10}})
         assert answer["ok"], answer
         assert answer["result"]["changes"] == ["camera side started"]
         wait_for(lambda: frames(runtime, "side") > 3, what="new camera capturing")
@@ -318,7 +328,7 @@ def test_redelivered_command_id_is_answered_from_the_kept_answer_not_run_again(s
                                                                              other_clip: Path) -> None:
     runtime = setup.start_device()
     fleet = setup.fleet
-    add = {"action": "add", "name": "side", "settings": {"source": str(other_clip)}}
+    add = {"action": "add", "name": "side", "settings": {"source": str(in_media(setup, other_clip))}}
     try:
         first = fleet.command(DEVICE, "camera", add, cmd_id="cmd-42")
         assert first["ok"] and first["id"] == "cmd-42"
@@ -364,7 +374,8 @@ def test_command_unacknowledged_when_the_link_drops_is_redelivered_and_not_run_t
         handled: list[int] = []
         runtime.link.ack = lambda message, connection: handled.append(message.mid)  # the ack never leaves
         answer = setup.fleet.command(DEVICE, "camera", {"action": "add", "name": "side",
-                                                        "settings": {"source": str(other_clip)}}, cmd_id="once")
+                                                        "settings": {"source": str(in_media(setup, other_clip))}},
+                                     cmd_id="once")
         assert answer["ok"]
         # the answer is published before the command message is acked, so the ack may still be on its way
         wait_for(lambda: handled, what="the command message acked (and the ack dropped)")

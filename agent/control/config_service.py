@@ -25,12 +25,12 @@ from agent.control.config_diff import ApplyError
 from agent.control.device_api import DeviceControl
 from agent.control.remote_config import (
     AppliedState,
-    allowed_model_dirs,
     combine,
     effective_config,
     load_state,
     redacted,
     save_state,
+    trusted_dirs,
 )
 from agent.store.db import connect
 
@@ -58,14 +58,12 @@ class Outcome:
 class ConfigService:
     """Owns the fleet's overlay and its version; the device runs what it is given."""
 
-    def __init__(self, device: DeviceControl, file_config: AgentConfig, db_path: Path,
-                 model_dirs: list[Path] | None = None) -> None:
+    def __init__(self, device: DeviceControl, file_config: AgentConfig, db_path: Path) -> None:
         self.device = device
         self.file_config = file_config  # what the config file says; the overlay goes on top
         self._db_path = db_path
-        # Where remote config may name model and label files (agent.control.remote_config's trust boundary).
-        self.model_dirs = model_dirs if model_dirs is not None else \
-            allowed_model_dirs(db_path.parent, file_config.remote.model_dirs)
+        # Where remote config may name files (agent.control.remote_config's trust boundary).
+        self.dirs = trusted_dirs(db_path.parent, file_config)
         self.state = AppliedState()
         self.error: str | None = None  # the stored overlay could not be read or no longer validates
         self.last_outcome: Outcome | None = None
@@ -86,7 +84,7 @@ class ConfigService:
             if self.state.rejected_version > self.state.version:  # still what the fleet should see
                 self.last_outcome = Outcome("rejected", self.state.rejected_version, self.state.rejected_errors)
             if self.state.version:
-                config = effective_config(self.file_config, self.state.overlay, model_dirs=self.model_dirs)
+                config = effective_config(self.file_config, self.state.overlay, dirs=self.dirs)
                 log.info("config version %d from the fleet applied on top of the config file", self.state.version)
                 return config
         except ConfigError as exc:  # e.g. the file changed under it; run the file's config and say so
@@ -135,7 +133,7 @@ class ConfigService:
     def _apply(self, overlay: dict[str, Any], version: int | None) -> Outcome:
         state = self.state
         try:
-            new = effective_config(self.file_config, overlay, model_dirs=self.model_dirs)
+            new = effective_config(self.file_config, overlay, dirs=self.dirs)
         except ConfigError as exc:
             return self._done(Outcome("rejected", version, exc.errors))
         old = self.device.config

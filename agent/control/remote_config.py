@@ -13,8 +13,9 @@ with their key path: those stay in the device's own config file.
 The trust boundary: the config file is the operator's and fully trusted. Over
 MQTT a config may not add a GStreamer pipeline (an element such as `filesink`
 writes any file the agent can), may name model and label files only under the
-model dirs (a label file's lines come back in `get_stats`), and may not move
-engine caches.
+model dirs (a label file's lines come back in `get_stats`) and video files only
+under the media dirs (a snapshot shows their frames), and may not move engine
+caches.
 """
 
 from __future__ import annotations
@@ -93,9 +94,26 @@ def remote_key_errors(patch: dict[str, Any]) -> list[tuple[str, str]]:
     return errors
 
 
-def allowed_model_dirs(data_dir: Path, extra: list[Path]) -> list[Path]:
-    """Where config over MQTT may find model and label files: the data dir's models/, the package's, `extra`."""
-    return [(data_dir / "models").expanduser(), DEMO_MODEL_PATH.parent, *(d.expanduser() for d in extra)]
+@dataclass(frozen=True)
+class TrustedDirs:
+    """Where config over MQTT may name files (the config file may name any)."""
+
+    models: list[Path]  # model and label files
+    media: list[Path]  # video files as camera sources
+
+
+def trusted_dirs(data_dir: Path, config: AgentConfig) -> TrustedDirs:
+    """The data dir's models/ and the package's models, the data dir's media/, and `remote`'s extras."""
+    data_dir = data_dir.expanduser()
+    return TrustedDirs(
+        models=[data_dir / "models", DEMO_MODEL_PATH.parent, *(d.expanduser() for d in config.remote.model_dirs)],
+        media=[data_dir / "media", *(d.expanduser() for d in config.remote.media_dirs)],
+    )
+
+
+def _outside(path: Path, dirs: list[Path]) -> bool:
+    where = path.expanduser().resolve()  # symlinks and `..` count where they lead
+    return not any(where.is_relative_to(d.resolve()) for d in dirs)
 
 
 def _keys_named(data: Any, name: str, prefix: str = "") -> list[str]:
@@ -110,30 +128,34 @@ def _keys_named(data: Any, name: str, prefix: str = "") -> list[str]:
 
 
 def trust_errors(file_config: AgentConfig, new: AgentConfig, overlay: dict[str, Any],
-                 model_dirs: list[Path]) -> list[tuple[str, str]]:
+                 dirs: TrustedDirs) -> list[tuple[str, str]]:
     """What the overlay would make the agent open, write or run outside its own files."""
     errors = []
     local_sources = {cam.source for cam in file_config.cameras}
     for i, cam in enumerate(new.cameras):
-        if parse_source(cam.source).kind is SourceKind.GSTREAMER and cam.source not in local_sources:
+        if cam.source in local_sources:
+            continue  # the config file's own sources stay trusted (the camera command sends the list back)
+        kind = parse_source(cam.source).kind
+        if kind is SourceKind.GSTREAMER:
             errors.append((f"cameras[{i}].source",
                            "GStreamer pipelines (gst:) can only be set in the device's config file"))
+        elif kind is SourceKind.FILE and _outside(Path(str(cam.source)), dirs.media):
+            errors.append((f"cameras[{i}].source", "over MQTT only video files under "
+                           + ", ".join(str(d) for d in dirs.media) + " (the config file may name any)"))
     errors += [(path, "engine caches cannot be moved over MQTT (config file)")
                for path in _keys_named(overlay, "cache_dir")]
-    roots = [d.resolve() for d in model_dirs]
     for key in ("path", "labels"):
         value = getattr(new.model, key)
         if value is None or value == getattr(file_config.model, key) or value == DEMO_MODEL_NAME:
             continue
-        where = resolve_model_path(value).resolve()  # symlinks and `..` count where they lead
-        if not any(where.is_relative_to(root) for root in roots):
+        if _outside(resolve_model_path(value), dirs.models):
             errors.append((f"model.{key}", "over MQTT only files under "
-                           + ", ".join(str(d) for d in model_dirs) + " (the config file may name any)"))
+                           + ", ".join(str(d) for d in dirs.models) + " (the config file may name any)"))
     return errors
 
 
 def effective_config(file_config: AgentConfig, overlay: dict[str, Any], source: str = "desired config",
-                     model_dirs: list[Path] | None = None) -> AgentConfig:
+                     dirs: TrustedDirs | None = None) -> AgentConfig:
     """Validate the file's config with the overlay on top; raises ConfigError with key paths."""
     if not isinstance(overlay, dict):
         raise ConfigError(source, [("config", "expected a mapping of settings")])
@@ -141,9 +163,7 @@ def effective_config(file_config: AgentConfig, overlay: dict[str, Any], source: 
     if errors:
         raise ConfigError(source, errors)
     new = validate_config(apply_overlay(file_config.model_dump(mode="json"), overlay), source)
-    dirs = model_dirs if model_dirs is not None else allowed_model_dirs(file_config.storage.path,
-                                                                        file_config.remote.model_dirs)
-    errors = trust_errors(file_config, new, overlay, dirs)
+    errors = trust_errors(file_config, new, overlay, dirs or trusted_dirs(file_config.storage.path, file_config))
     if errors:
         raise ConfigError(source, errors)
     return new
