@@ -4,8 +4,9 @@ A camera that fails to open, stops delivering, or errors is reopened with
 exponential backoff and jitter; it never affects other cameras. While it waits,
 a cheap probe (TCP connect, device node, file) looks every PROBE_S whether the
 source is there: one that was seen gone and is back is opened at once, so a
-camera returning after a long outage is not left dark for the grown backoff,
-and one that is up but will not stream is not opened more often for it. A
+camera returning after a long outage is not left dark for the grown backoff;
+one that is there but will not stream is probed once per wait, not every
+PROBE_S, and opened no more often than the backoff says. A
 source that can never open here (e.g. a GStreamer pipeline without GStreamer)
 is `failed`. The time each camera spent not running is counted.
 """
@@ -229,12 +230,14 @@ class Camera:
             if self._stop.wait(min(PROBE_S, left)):
                 return
             present = source_present(self._source, PROBE_TIMEOUT_S)
-            if present is None:  # nothing cheap to look at: the backoff alone decides
+            if present is None or (present and not self.source_gone):
+                # nothing cheap to look at, or the source is there but would not stream: the backoff decides,
+                # and a camera with few session slots is not knocked on every PROBE_S meanwhile
                 self._stop.wait(max(0.0, deadline - time.monotonic()))
                 return
             if not present:
                 self.source_gone = True
-            elif self.source_gone:
+            else:
                 log.info("camera %s: source is back; opening it now", self.name)
                 return
 
