@@ -28,10 +28,30 @@ days=${DAYS:-825}
 crl_days=${CRL_DAYS:-365}
 mkdir -p "$dir"
 umask 077
+tmp=$(mktemp -d)
+fresh_key=""  # a key made by this run, removed if the run fails before its certificate exists
+cleanup() {
+    status=$?
+    [ "$status" -ne 0 ] && [ -n "$fresh_key" ] && rm -f "$fresh_key"
+    rm -rf "$tmp"
+    exit "$status"
+}
+trap cleanup EXIT
+
+quiet() {  # run openssl quietly; on failure show what it said and stop
+    "$@" >"$tmp/out" 2>&1 || { cat "$tmp/out" >&2; die "failed: $1 $2"; }
+}
+
+need_ca() {
+    if [ ! -e "$dir/ca.key" ] || [ ! -e "$dir/ca.pem" ]; then
+        die "no CA in $dir (make one: fleet-pki.sh ca $dir)"
+    fi
+}
 
 new_key() {  # never replaces a key: a device's identity is its key
     [ -e "$1" ] && die "$1 exists; refusing to replace a key"
-    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null
+    fresh_key=$1
+    quiet openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1"
 }
 
 not_there() { [ -e "$1" ] && die "$1 exists; refusing to replace it"; return 0; }
@@ -43,40 +63,35 @@ check_name() {
 }
 
 sign_request() {  # sign_request CSR NAME EXTENSIONS: the CA signs a request into DIR/NAME.pem
-    local csr=$1 name=$2 ext=$3 tmp
+    local csr=$1 name=$2 ext=$3
     not_there "$dir/$name.pem"
-    tmp=$(mktemp -d)
-    trap 'rm -rf "$tmp"' RETURN
     printf '%s\n' "$ext" > "$tmp/ext.cnf"
-    openssl x509 -req -in "$csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
-        -days "$days" -out "$dir/$name.pem" -extfile "$tmp/ext.cnf" 2>/dev/null
+    quiet openssl x509 -req -in "$csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
+        -days "$days" -out "$dir/$name.pem" -extfile "$tmp/ext.cnf"
     chmod 644 "$dir/$name.pem"
 }
 
 issue() {  # issue NAME SUBJECT EXTENSIONS: key and certificate made here (CA side)
-    local name=$1 subject=$2 ext=$3 tmp
+    local name=$1 subject=$2 ext=$3
+    need_ca
     not_there "$dir/$name.pem"
-    tmp=$(mktemp -d)
-    trap 'rm -rf "$tmp"' RETURN
     new_key "$dir/$name.key"
-    openssl req -new -key "$dir/$name.key" -subj "$subject" -out "$tmp/req.csr"
+    quiet openssl req -new -key "$dir/$name.key" -subj "$subject" -out "$tmp/req.csr"
     sign_request "$tmp/req.csr" "$name" "$ext"
+    fresh_key=""
 }
 
 ca_config() {  # the minimal `openssl ca` configuration for revocations and CRLs
     [ -e "$dir/index.txt" ] || : > "$dir/index.txt"
     [ -e "$dir/crlnumber" ] || echo 1000 > "$dir/crlnumber"
     printf '[ca]\ndefault_ca = fleet\n[fleet]\ndatabase = %s\ncrlnumber = %s\ncertificate = %s\n' \
-        "$dir/index.txt" "$dir/crlnumber" "$dir/ca.pem" > "$1"
-    printf 'private_key = %s\ndefault_md = sha256\ndefault_crl_days = %s\n' "$dir/ca.key" "$crl_days" >> "$1"
+        "$dir/index.txt" "$dir/crlnumber" "$dir/ca.pem" > "$tmp/ca.cnf"
+    printf 'private_key = %s\ndefault_md = sha256\ndefault_crl_days = %s\n' "$dir/ca.key" "$crl_days" >> "$tmp/ca.cnf"
 }
 
 write_crl() {
-    local tmp
-    tmp=$(mktemp -d)
-    trap 'rm -rf "$tmp"' RETURN
-    ca_config "$tmp/ca.cnf"
-    openssl ca -config "$tmp/ca.cnf" -gencrl -out "$dir/crl.pem" 2>/dev/null
+    ca_config
+    quiet openssl ca -config "$tmp/ca.cnf" -gencrl -out "$dir/crl.pem"
     chmod 644 "$dir/crl.pem"
 }
 
@@ -84,15 +99,17 @@ case $cmd in
     ca)
         [ -e "$dir/ca.key" ] && die "$dir/ca.key exists; refusing to replace a CA"
         new_key "$dir/ca.key"
-        openssl req -x509 -new -key "$dir/ca.key" -days "$((days * 4))" -subj "/CN=${CA_NAME:-edge-fleet-ca}" \
+        quiet openssl req -x509 -new -key "$dir/ca.key" -days "$((days * 4))" -subj "/CN=${CA_NAME:-edge-fleet-ca}" \
             -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
             -out "$dir/ca.pem"
         chmod 644 "$dir/ca.pem"
         write_crl
+        fresh_key=""
         echo "$dir/ca.pem" ;;
     server)
         [ $# -eq 3 ] || die "usage: fleet-pki.sh server DIR HOST"
         host=$3
+        [[ $host =~ ^[A-Za-z0-9.:-]+$ ]] || die "HOST must be a host name or an IP address"
         if [[ $host =~ ^[0-9.]+$ || $host == *:* ]]; then san="IP:$host"; else san="DNS:$host"; fi
         issue server "/CN=$host" "subjectAltName=$san
 extendedKeyUsage=serverAuth"
@@ -109,14 +126,16 @@ extendedKeyUsage=serverAuth"
         check_name "$name"
         not_there "$dir/$name.csr"
         new_key "$dir/$name.key"
-        openssl req -new -key "$dir/$name.key" -subj "/CN=$name" -out "$dir/$name.csr"
+        quiet openssl req -new -key "$dir/$name.key" -subj "/CN=$name" -out "$dir/$name.csr"
         chmod 644 "$dir/$name.csr"
+        fresh_key=""
         echo "$dir/$name.csr" ;;
     sign)
         [ $# -eq 4 ] || die "usage: fleet-pki.sh sign DIR NAME CSR"
         name=$3 csr=$4
         check_name "$name"
-        openssl req -in "$csr" -verify -noout 2>/dev/null || die "$csr is not a valid, self-signed request"
+        need_ca
+        openssl req -in "$csr" -verify -noout >/dev/null 2>&1 || die "$csr is not a valid, self-signed request"
         subject=$(openssl req -in "$csr" -noout -subject -nameopt multiline | sed -n 's/^ *commonName *= *//p')
         [ "$subject" = "$name" ] || die "the request's CN is '$subject', not '$name'"
         sign_request "$csr" "$name" "extendedKeyUsage=clientAuth"
@@ -124,14 +143,14 @@ extendedKeyUsage=serverAuth"
     revoke)
         [ $# -eq 3 ] || die "usage: fleet-pki.sh revoke DIR NAME"
         name=$3
+        need_ca
         [ -e "$dir/$name.pem" ] || die "no certificate $dir/$name.pem"
-        tmp=$(mktemp -d)
-        ca_config "$tmp/ca.cnf"
-        openssl ca -config "$tmp/ca.cnf" -revoke "$dir/$name.pem" 2>/dev/null || { rm -rf "$tmp"; die "revocation failed"; }
-        rm -rf "$tmp"
+        ca_config
+        quiet openssl ca -config "$tmp/ca.cnf" -revoke "$dir/$name.pem"
         write_crl
         echo "$dir/crl.pem" ;;
     crl)
+        need_ca
         write_crl
         echo "$dir/crl.pem" ;;
     *) die "unknown command '$cmd' (ca, server, client, csr, sign, revoke, crl)" ;;

@@ -193,6 +193,10 @@ def test_fleet_pki_never_replaces_a_key_and_signs_requests_made_on_the_device(fl
     again = subprocess.run(["bash", str(PKI_TOOL), "ca", str(ca_dir)], capture_output=True, text=True)
     assert again.returncode != 0 and (ca_dir / "ca.pem").exists()
 
+    no_ca = subprocess.run(["bash", str(PKI_TOOL), "client", str(tmp_path / "empty"), "dev-e"],
+                           capture_output=True, text=True)
+    assert no_ca.returncode != 0 and "no CA" in no_ca.stderr and not (tmp_path / "empty" / "dev-e.key").exists()
+
     pki(device_dir, "csr", "dev-c")  # on the device: the key stays there, only the request travels
     pki(ca_dir, "sign", "dev-c", str(device_dir / "dev-c.csr"))
     assert not (ca_dir / "dev-c.key").exists() and (ca_dir / "dev-c.pem").exists()
@@ -205,3 +209,15 @@ def test_fleet_pki_never_replaces_a_key_and_signs_requests_made_on_the_device(fl
         assert device.publish("edge/dev-c/status") < 0x80 and device.publish("edge/dev-a/status") == 0x87
     finally:
         device.close()
+
+
+def test_the_pki_tool_is_shellcheck_clean() -> None:
+    import shutil
+    import subprocess
+
+    from tests.certs import PKI_TOOL
+
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (.ci/run installs it)")
+    done = subprocess.run(["shellcheck", str(PKI_TOOL)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout
