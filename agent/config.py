@@ -159,6 +159,38 @@ class ConsoleConfig(_Strict):
     interval_s: float = Field(1.0, gt=0, le=3600, description="status line period")
 
 
+class WebConfig(_Strict):
+    """The local health page, API and metrics (agent.web)."""
+
+    listen: str | None = Field("127.0.0.1:8080", description="host:port; null disables; 0.0.0.0:8080 for the LAN")
+    token_file: Path | None = Field(None, description="when set, every path but /healthz needs this token")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("expected host:port, e.g. 127.0.0.1:8080 or 0.0.0.0:8080")
+        return v
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.listen is not None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def read_token(self) -> str | None:
+        """The token, or None without a token_file; raises OSError or ValueError (an empty file)."""
+        if self.token_file is None:
+            return None
+        token = self.token_file.expanduser().read_text().strip()
+        if not token:
+            raise ValueError(f"{self.token_file} is empty")
+        return token
+
+
 class TelemetryConfig(_Strict):
     interval_s: float = Field(10.0, ge=1, le=3600, description="health reading period")
 
@@ -194,6 +226,7 @@ class AgentConfig(_Strict):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     gpu: GpuConfig = Field(default_factory=GpuConfig)
     remote: RemoteConfig = Field(default_factory=RemoteConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
 
     @field_validator("cameras")
     @classmethod

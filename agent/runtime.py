@@ -26,6 +26,7 @@ from agent.control.config_diff import ApplyError, diff_configs
 from agent.control.config_service import ConfigService
 from agent.control.device_api import CameraView
 from agent.device.identity import resolve_device_id
+from agent.device.memory import limit_malloc_arenas
 from agent.pipeline.inference import InferenceWorker
 from agent.pipeline.metrics import PipelineMetrics
 from agent.store.outbox import TELEMETRY, next_session, requeue_dead_letters
@@ -33,15 +34,22 @@ from agent.store.store import Store, StoreError, health_figures
 from agent.sync.mqtt_link import ClientSetupError, MqttLink, random_boot_id
 from agent.sync.sync import Syncer
 from agent.sync.telemetry import Telemetry
+from agent.web.server import WebError, WebServer
+from agent.web.view import Health
 from engines import BackendUnavailable, Detection, Detector, GpuResources, ModelError, load_detector
 
 log = logging.getLogger(__name__)
+
+HEARTBEAT_STALE_S = 15.0  # an inference loop that has not turned for this long is stalled
+OUTBOX_BEHIND_S = 60.0  # the outbox's oldest message waiting longer than this is reported
+HOT_CELSIUS = 85.0  # a temperature zone at or above this is reported (profiles bring their own trip points)
 
 
 class Runtime:
     """Owns the parts; to control (commands, desired config) it is an agent.control.device_api.DeviceControl."""
 
     def __init__(self, config: AgentConfig, data_dir: Path | None = None) -> None:
+        limit_malloc_arenas()  # before the parts start their threads (agent.device.memory)
         self.config = config  # what runs: the config file's, with the fleet's overlay on top once restored
         # One budget for the life of the process: a change to `gpu` takes effect on restart.
         self.gpu = GpuResources(config.gpu.memory_budget_mb, config.gpu.device_id)
@@ -63,7 +71,7 @@ class Runtime:
                 self.mqtt_error = str(exc)
                 log.error("mqtt disabled, buffering only: %s", exc)
         self.telemetry = Telemetry(
-            config.telemetry.interval_s, self.data_dir, self.status, self._store_figures,
+            config.telemetry.interval_s, self.data_dir, self.status,
             self._publish_reading if config.mqtt else lambda _payload: True,
         )
         self._wake = threading.Event()
@@ -74,8 +82,10 @@ class Runtime:
         self.worker: InferenceWorker | None = None
         self.model_error: str | None = None
         self.latest_detections: dict[str, tuple[int, list[Detection]]] = {}  # camera → (frame, detections)
+        self.last_detection: dict[str, tuple[int, list[str]]] = {}  # camera → (capture ms, labels)
         self.started_mono: float | None = None
         self.config_service = ConfigService(self, config, self.store.path)
+        self.web = WebServer(config.web, self) if config.web.listen else None  # a local-only setting
         self.channel: CommandChannel | None = None
         if self.link is not None:
             link = self.link
@@ -134,6 +144,8 @@ class Runtime:
 
     def _sink(self, frame: Frame, detections: list[Detection]) -> None:
         self.latest_detections[frame.camera] = (frame.number, detections)
+        if detections:
+            self.last_detection[frame.camera] = (frame.wall_ms, sorted({d.label for d in detections}))
         self.store.submit(frame.camera, frame.number, frame.wall_ms, detections)
 
     def _slots(self) -> list[FrameSlot]:
@@ -219,6 +231,12 @@ class Runtime:
             self._start_pipeline()
         self.telemetry.start()
         self.started_mono = time.monotonic()
+        if self.web is not None:
+            try:
+                self.web.start()
+                log.info("health page: %s", self.web.url)
+            except WebError as exc:  # the agent runs on without the page
+                log.error("health page not served: %s", exc)
         log.info("device %s: %d camera(s), data in %s", self.device_id, len(self.cameras), self.data_dir)
 
     def _start_pipeline(self) -> None:
@@ -289,6 +307,8 @@ class Runtime:
         """
         deadline = time.monotonic() + timeout
         self._stopping = True
+        if self.web is not None:
+            self.web.stop()
         self.telemetry.stop()
         if self.channel is not None:
             self.channel.stop(0.5)
@@ -323,6 +343,52 @@ class Runtime:
         return count
 
     # -- status -------------------------------------------------------------------
+    def camera_names(self) -> list[str]:
+        return [cam.name for cam in self.config.cameras]
+
+    def health(self) -> Health:
+        """Liveness (the inference loop turns and the store takes writes) and readiness (engine loaded, every
+        enabled camera delivered frames), with every reason an operator should see, in words."""
+        reasons: list[str] = []
+        now = time.monotonic()
+        worker = self.worker
+        alive = worker is None or now - worker.heartbeat < HEARTBEAT_STALE_S
+        if not alive:
+            reasons.append(f"inference stalled for {now - worker.heartbeat:.0f} s")
+        writable = self.store.writable
+        reasons += self.problems()
+        cameras_up = True
+        for cam_config in self.config.cameras:
+            camera = self.cameras.get(cam_config.name)
+            if not cam_config.enabled or camera is None:
+                continue
+            stats = camera.stats()
+            if stats.state.value not in ("running", "finished"):
+                cameras_up = False
+                reasons.append(f"camera {camera.name} {stats.state.value}" +
+                               (f": {stats.last_error}" if stats.last_error else ""))
+            elif (degraded := self._degraded(camera.name)) and self.detector is not None:
+                reasons.append(f"camera {camera.name}: {degraded}")
+        link = self.link
+        if link is not None and link.down_since is not None and self.started_mono is not None:
+            down = now - max(link.down_since, self.started_mono)
+            if down > 5:
+                reasons.append(f"broker unreachable for {down:.0f} s: {link.last_error or 'connecting'}")
+        if link is not None:
+            oldest = self._store_figures().get("outbox_oldest_age_s")
+            if oldest is not None and oldest > OUTBOX_BEHIND_S:
+                reasons.append(f"outbox growing: its oldest message waits for {oldest:.0f} s")
+        refusals = self.gpu.report().get("refusals", 0)
+        if refusals:
+            reasons.append(f"GPU memory budget refused {refusals} allocation(s)")
+        reasons += self._hot_zones()
+        return Health(ok=alive and writable, ready=self.detector is not None and cameras_up, reasons=reasons)
+
+    def _hot_zones(self) -> list[str]:
+        temps = ((self.telemetry.last or {}).get("system") or {}).get("temperatures_c") or {}
+        return [f"running hot: {zone} at {value:.0f} °C" for zone, value in sorted(temps.items())
+                if value >= HOT_CELSIUS]
+
     def camera_view(self, name: str) -> CameraView | None:
         camera = self.cameras.get(name)
         if camera is None:
@@ -338,7 +404,9 @@ class Runtime:
             stats["state"] = stats["state"].value
             summary = self.metrics.camera_summary(name)
             summary["stages"] = {"decode": camera.read_ms.summary(), **summary["stages"]}
-            cameras[name] = {**stats, **summary, "degraded": self._degraded(name)}
+            last = self.last_detection.get(name)
+            cameras[name] = {**stats, **summary, "degraded": self._degraded(name), "target_fps": camera.config.fps,
+                             "last_detection": None if last is None else {"ts_ms": last[0], "labels": last[1]}}
         return {
             "device_id": self.device_id,
             "version": __version__,
@@ -354,6 +422,9 @@ class Runtime:
             "cameras": cameras,
             "sync": None if self.syncer is None else self.syncer.stats(),
             "commands": None if self.channel is None else self.channel.stats(),
-            "store": self.store.status(),
+            "store": {**self.store.status(), **self._store_figures()},
+            "system": (self.telemetry.last or {}).get("system"),  # the latest reading (telemetry.interval_s)
             "problems": self.problems(),
+            "health": asdict(self.health()),
+            "web": None if self.web is None else self.web.stats(),
         }

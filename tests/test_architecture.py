@@ -26,10 +26,11 @@ ALLOWED = {
     "agent.sync": {"agent.store", "agent.device"},
     "agent.control": {"agent.capture", "agent.store", "agent.sync"},
     "agent.fleet": {"agent.sync"},
+    "agent.web": {"agent.control", "agent.capture"},  # reads the device through control's CameraView
     "agent.runtime": {"agent.capture", "agent.pipeline", "agent.store", "agent.sync", "agent.control",
-                      "agent.device"},
+                      "agent.device", "agent.web"},
     "agent.cli": {"agent.capture", "agent.pipeline", "agent.store", "agent.sync", "agent.control", "agent.device",
-                  "agent.fleet", "agent.demo", "agent.runtime"},
+                  "agent.fleet", "agent.demo", "agent.runtime", "agent.web"},
     "agent.__main__": {"agent.cli"},
 }
 # The schema composes what the wings define, as it composes engines' DetectorConfig: the source

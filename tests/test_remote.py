@@ -411,7 +411,10 @@ def test_fleet_cli_lists_reads_status_sends_commands_and_configures(setup: Setup
         assert code == 0 and rows[0]["device"] == DEVICE and rows[0]["online"] and rows[0]["session"] == 1
         code, out = fleet("status", DEVICE, "--json")
         assert set(json.loads(out)["cameras"]) == {"front", "back"}
-        assert fleet("status", DEVICE)[1].count("camera ") == 2
+        text = fleet("status", DEVICE)[1]
+        assert text.count("camera ") == 2 and "None" not in text  # every figure the line names is there
+        cpu = float(text.split("cpu ")[1].split("%")[0])
+        assert 0 < cpu <= 100  # two cameras decoding and inferring: never the meaningless first 0.0
 
         code, out = fleet("cmd", DEVICE, "ping")
         assert code == 0 and json.loads(out)["ok"] is True
@@ -493,3 +496,13 @@ def test_a_desired_config_that_finds_the_queue_full_waits_in_its_own_slot(setup:
         assert runtime.telemetry.interval_s == 7 and channel.counts["desired_superseded"] == 1
     finally:
         runtime.stop()
+
+
+def test_forgetting_a_device_clears_what_it_left_retained(setup: Setup) -> None:
+    """bench-sync's throw-away devices must not stay in `fleet list` for ever."""
+    for leaf in ("status", "telemetry"):
+        setup.fleet.client.publish(f"edge/bench-x/{leaf}", json.dumps({"online": True}), qos=1,
+                                   retain=True).wait_for_publish(10)
+    assert [d["device"] for d in setup.fleet.devices()] == ["bench-x"]
+    setup.fleet.forget("bench-x")
+    assert setup.fleet.devices() == [] and setup.fleet.telemetry("bench-x") is None

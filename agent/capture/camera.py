@@ -147,7 +147,7 @@ class Camera:
         self.reconnects = 0
         self.last_error: str | None = None
         self._next_number = 0
-        self.read_ms = LatencyWindow()  # time in cap.read(): demux + decode
+        self.read_ms = LatencyWindow(stage="decode")  # time in cap.read(): demux + decode
         self.frames_invalid = 0
         self._last_frame: float | None = None
         self.latest: Frame | None = None  # newest frame handed to inference, for snapshots

@@ -40,9 +40,25 @@ def _fill_backlog(data: Path, detections: int) -> float:
     return time.monotonic() - t0
 
 
-def _drain(data: Path, mqtt: MqttConfig, detections: int, timeout: float) -> dict:
+def _forget(mqtt: MqttConfig, devices: list[str]) -> None:
+    """A benchmark cleans up: its throw-away devices' retained status and telemetry would otherwise show
+    in `fleet list` for ever."""
+    from agent.fleet.fleet import FleetClient, FleetError
+
+    try:
+        fleet = FleetClient(mqtt)
+    except FleetError:
+        return
+    try:
+        for device in devices:
+            fleet.forget(device)
+    finally:
+        fleet.close()
+
+
+def _drain(data: Path, mqtt: MqttConfig, detections: int, timeout: float, device: str) -> dict:
     db_path = data / DB_NAME
-    link = MqttLink(mqtt, f"bench-{secrets.token_hex(3)}", random_boot_id(), lambda: next_session(db_path))
+    link = MqttLink(mqtt, device, random_boot_id(), lambda: next_session(db_path))
     syncer = Syncer(link, db_path, mqtt)
     syncer.start()
     link.start()
@@ -66,8 +82,8 @@ def _drain(data: Path, mqtt: MqttConfig, detections: int, timeout: float) -> dic
     }
 
 
-def _live_latency(workdir: Path, host: str, port: int, seconds: float) -> dict:
-    config = validate_config({"device": {"id": f"bench-{secrets.token_hex(3)}"},
+def _live_latency(workdir: Path, host: str, port: int, seconds: float, device: str) -> dict:
+    config = validate_config({"device": {"id": device}, "web": {"listen": None},
                               "storage": {"path": str(workdir)}, "mqtt": {"host": host, "port": port}})
     runtime = Runtime(config)
     runtime.start()
@@ -84,10 +100,14 @@ def _live_latency(workdir: Path, host: str, port: int, seconds: float) -> dict:
 
 def run_sync_bench(host: str, port: int, detections: int, seconds: float) -> dict:
     mqtt = MqttConfig(host=host, port=port)
+    devices = [f"bench-{secrets.token_hex(3)}" for _ in range(2)]
     with tempfile.TemporaryDirectory(prefix="edge-bench-sync-") as tmp:
-        backlog = Path(tmp) / "backlog"
-        fill_s = _fill_backlog(backlog, detections)
-        drain = _drain(backlog, mqtt, detections, timeout=600)
-        live = _live_latency(Path(tmp) / "live", host, port, seconds)
+        try:
+            backlog = Path(tmp) / "backlog"
+            fill_s = _fill_backlog(backlog, detections)
+            drain = _drain(backlog, mqtt, detections, timeout=600, device=devices[0])
+            live = _live_latency(Path(tmp) / "live", host, port, seconds, device=devices[1])
+        finally:
+            _forget(mqtt, devices)
     return {"broker": f"{host}:{port}", "backlog": detections, "backlog_commit_s": round(fill_s, 2),
             "drain": drain, "live_demo": live}

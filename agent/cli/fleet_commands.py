@@ -98,8 +98,8 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
     for name, cam in (reading.get("cameras") or {}).items():
         print(f"  camera {name}: {cam.get('state')}, {cam.get('fps')} fps, dropped {cam.get('frames_dropped')}, "
               f"reconnects {cam.get('reconnects')}" + (f", {cam['last_error']}" if cam.get("last_error") else ""))
-    print(f"  store: {store.get('detections')} detections, outbox {store.get('outbox_pending')} pending, "
-          f"{store.get('outbox_dead')} dead")
+    print(f"  store: {store.get('committed_rows')} detections stored this run, outbox "
+          f"{store.get('outbox_pending')} pending, {store.get('outbox_dead')} dead")
     print(f"  sync: acked {sync.get('rows_acked')}, last error {sync.get('last_error') or '-'}")
     if reading.get("model_error"):
         print(f"  model error: {reading['model_error']}")

@@ -52,6 +52,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (OSError, ClientSetupError) as exc:  # data dir not writable; MQTT credentials or TLS files unreadable
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1
+    if runtime.web is not None and runtime.web.url:
+        print(f"health page: {runtime.web.url}", flush=True)
     printer = None if args.quiet else StatusPrinter(runtime.status, config.console.interval_s)
     if printer:
         for handler in logging.getLogger().handlers:

@@ -59,6 +59,14 @@ class FleetClient:
         self.client.disconnect()
         self.client.loop_stop()
 
+    def forget(self, device: str, timeout: float = 10.0) -> None:
+        """Clear what a device left retained at the broker (status, telemetry, config documents): a
+        device that is gone for good (or a benchmark's throw-away one) no longer shows in `devices()`."""
+        infos = [self.client.publish(f"{self.prefix}/{device}/{leaf}", b"", qos=1, retain=True)
+                 for leaf in ("status", "telemetry", "config/reported", "config/desired")]
+        for info in infos:
+            info.wait_for_publish(timeout)
+
     # -- plumbing -------------------------------------------------------------------
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         correlation = getattr(msg.properties, "CorrelationData", None) if msg.properties else None

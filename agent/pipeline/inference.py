@@ -48,6 +48,7 @@ class InferenceWorker:
         self._reload = reload
         self._backoff = Backoff(0.05, 5.0)
         self.consecutive_errors = 0
+        self.heartbeat = time.monotonic()  # the loop's last turn: the health page's liveness
         self.reloads = 0
         self.reload_error: str | None = None  # why the last reload failed
         self.degraded: dict[str, str] = {}  # camera → why its frames are failing (bounded by the cameras)
@@ -92,6 +93,7 @@ class InferenceWorker:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self.heartbeat = time.monotonic()
             if self.detector is None:  # a reload closed the failing engine and could not load a new one
                 self._stop.wait(self._backoff.next_delay())
                 if not self._stop.is_set():

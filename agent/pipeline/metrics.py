@@ -7,10 +7,14 @@ health page and the quality controller all read them from here.
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
 
 from agent.measure import LatencyWindow, RateMeter
 
 STAGES = ("capture_age", "pre", "infer", "post", "store")
+HISTORY_INTERVAL_S = 10.0
+HISTORY_POINTS = 90  # 15 minutes of fps and inference latency per camera, for the page's sparklines
 
 
 class PipelineMetrics:
@@ -22,12 +26,14 @@ class PipelineMetrics:
         self._fps: dict[str, RateMeter] = {}
         self.frames: dict[str, int] = {}
         self.detections: dict[str, int] = {}
+        self._history: dict[str, deque[tuple[float, float | None]]] = {}  # camera → (fps, infer p50 ms)
+        self._history_due: dict[str, float] = {}
 
     def _camera(self, camera: str) -> dict[str, LatencyWindow]:
         stages = self._stages.get(camera)
         if stages is None:
             with self._lock:
-                stages = self._stages.setdefault(camera, {s: LatencyWindow() for s in STAGES})
+                stages = self._stages.setdefault(camera, {s: LatencyWindow(stage=s) for s in STAGES})
                 self._fps.setdefault(camera, RateMeter())
                 self.frames.setdefault(camera, 0)
                 self.detections.setdefault(camera, 0)
@@ -41,6 +47,14 @@ class PipelineMetrics:
         with self._lock:
             self.frames[camera] += 1
             self.detections[camera] += detections
+            now = time.monotonic()
+            due = self._history_due.get(camera, 0.0) <= now
+            if due:
+                self._history_due[camera] = now + HISTORY_INTERVAL_S
+        if due:  # one point per interval, taken by the frame that finds it due
+            point = (round(self._fps[camera].rate(), 2), stages["infer"].percentiles(50)[0])
+            with self._lock:
+                self._history.setdefault(camera, deque(maxlen=HISTORY_POINTS)).append(point)
 
     def record_stage(self, camera: str, stage: str, ms: float) -> None:
         self._camera(camera)[stage].add(ms)
@@ -52,7 +66,15 @@ class PipelineMetrics:
             "frames": self.frames[camera],
             "detections": self.detections[camera],
             "stages": {name: w.summary() for name, w in stages.items()},
+            "history": self.history(camera),
         }
+
+    def history(self, camera: str) -> dict:
+        """The last 15 minutes, a point every HISTORY_INTERVAL_S, oldest first (for sparklines)."""
+        with self._lock:
+            points = list(self._history.get(camera, ()))
+        return {"interval_s": HISTORY_INTERVAL_S, "fps": [p[0] for p in points],
+                "infer_p50_ms": [None if p[1] is None else round(p[1], 2) for p in points]}
 
     def stage_percentiles(self, stage: str, camera: str) -> list[float | None]:
         return self._camera(camera)[stage].percentiles(50, 95)
@@ -61,3 +83,5 @@ class PipelineMetrics:
         with self._lock:
             self._stages.pop(camera, None)
             self._fps.pop(camera, None)
+            self._history.pop(camera, None)
+            self._history_due.pop(camera, None)

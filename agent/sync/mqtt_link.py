@@ -99,6 +99,7 @@ class MqttLink:
         self._next_session = next_session
         self.session = 0
         self.connected = threading.Event()
+        self.down_since: float | None = time.monotonic()  # monotonic: not connected since (None: connected)
         self.max_packet_size: int | None = None  # from the broker's CONNACK
         self.broker_receive_maximum: int | None = None  # from the broker's CONNACK
         self.send_window = config.window  # messages in flight at most: mqtt.window, or less if the broker says
@@ -170,6 +171,7 @@ class MqttLink:
             self.last_error = session_error
             self._backoff.reset()
             self.connected.set()
+            self.down_since = None
             log.info("mqtt: connected to %s:%d (session %d)", self.config.host, self.config.port, self.session)
             for hook in self.on_connected:
                 hook()
@@ -192,6 +194,8 @@ class MqttLink:
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any,
                        _properties: Properties | None) -> None:
         self.connected.clear()
+        if self.down_since is None:
+            self.down_since = time.monotonic()
         if not self._closing.is_set():
             self.last_error = f"disconnected: {reason}"
             log.warning("mqtt: %s", self.last_error)

@@ -81,7 +81,7 @@ class Syncer:
         self._bytes_in_flight = 0
         self.peak_in_flight = 0
         self.puback_latency_ms = LatencyWindow(4096)
-        self.capture_to_puback_ms = LatencyWindow(16384)
+        self.capture_to_puback_ms = LatencyWindow(16384, stage="capture_to_puback")
         link.on_publish = self._on_publish
         link.on_connected.append(self._wake.set)
 

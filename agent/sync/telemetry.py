@@ -38,15 +38,14 @@ def _temperatures() -> dict[str, float] | None:
 
 class Telemetry:
     def __init__(self, interval_s: float, data_dir: Path, agent_status: Callable[[], dict],
-                 store_figures: Callable[[], dict], publish: Callable[[str], bool]) -> None:
+                 publish: Callable[[str], bool]) -> None:
         self.interval_s = interval_s
         self._data_dir = data_dir
         self._agent_status = agent_status
-        self._store_figures = store_figures
         self._publish = publish
         self._process = psutil.Process()
         self._process.cpu_percent()  # the first call only starts the measurement
-        psutil.cpu_percent()
+        self._cpu_times = psutil.cpu_times()  # system CPU is measured between readings, by us
         self._gpu, self._gpu_absent = open_gpu_probe()
         self._scheduler = BackgroundScheduler(daemon=True, job_defaults={"coalesce": True, "max_instances": 1})
         self.readings = 0
@@ -74,6 +73,15 @@ class Telemetry:
         except Exception:  # a reading must never take the scheduler down
             log.exception("telemetry reading failed")
 
+    def _cpu_busy_percent(self) -> float:
+        """Busy share of all cores since the previous reading: psutil.cpu_percent() keeps one baseline per
+        process, so any other caller would make ours meaningless (a 0.0 on the first reading)."""
+        now = psutil.cpu_times()
+        before, self._cpu_times = self._cpu_times, now
+        total = sum(now) - sum(before)
+        idle = (now.idle + getattr(now, "iowait", 0.0)) - (before.idle + getattr(before, "iowait", 0.0))
+        return round(100.0 * (1.0 - idle / total), 1) if total > 0 else 0.0
+
     def read(self) -> dict[str, Any]:
         mem = psutil.virtual_memory()
         disk = shutil.disk_usage(self._data_dir)
@@ -89,7 +97,7 @@ class Telemetry:
         return {
             "ts_ms": int(time.time() * 1000),
             "system": {
-                "cpu_percent": psutil.cpu_percent(), "load": list(os.getloadavg()),
+                "cpu_percent": self._cpu_busy_percent(), "load": list(os.getloadavg()),
                 "memory_used_percent": mem.percent, "memory_available_mb": round(mem.available / 2**20),
                 "disk_free_mb": round(disk.free / 2**20), "disk_used_percent": round(100 * disk.used / disk.total, 1),
                 "temperatures_c": _temperatures(),
@@ -107,7 +115,7 @@ class Telemetry:
                                                "frames_skipped", "reconnects", "outage_s", "last_error", "stages")}
                 for name, cam in status.get("cameras", {}).items()
             },
-            "store": {**status.get("store", {}), **self._store_figures()},
+            "store": status.get("store"),
             "sync": status.get("sync"),
             "commands": status.get("commands"),
             "config": status.get("config"),

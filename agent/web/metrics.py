@@ -1,0 +1,138 @@
+"""Prometheus metrics (`/metrics`), read from the agent's own figures at each scrape.
+
+Nothing is counted twice: a collector turns the status snapshot and the process-wide stage
+histograms (agent.measure) into metric families when scraped. Counters never go back, also when a
+config change restarts a camera (whose own counts start again from zero): each counter keeps the
+sum of what earlier incarnations had counted.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from agent import __version__
+from agent.measure import BUCKETS_MS, stage_histograms
+
+MB = 1024 * 1024
+
+
+class Monotonic:
+    """Counters that survive their source restarting from zero (a camera restarted by a config change)."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._last: dict[tuple[str, ...], float] = {}
+        self._base: dict[tuple[str, ...], float] = {}
+        self._limit = limit  # keys: (metric, camera); bounded by the cameras ever configured
+        self._lock = threading.Lock()
+
+    def value(self, key: tuple[str, ...], raw: float) -> float:
+        with self._lock:
+            last = self._last.get(key, 0.0)
+            if raw < last:  # the source started again: what it had counted stays counted
+                self._base[key] = self._base.get(key, 0.0) + last
+            if key in self._last or len(self._last) < self._limit:
+                self._last[key] = raw
+            return self._base.get(key, 0.0) + raw
+
+
+class AgentCollector(Collector):
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self._status = status
+        self._monotonic = Monotonic()
+
+    def _counter(self, name: str, doc: str, per_camera: dict[str, float]) -> CounterMetricFamily:
+        family = CounterMetricFamily(name, doc, labels=["camera"])
+        for camera, raw in sorted(per_camera.items()):
+            family.add_metric([camera], self._monotonic.value((name, camera), raw))
+        return family
+
+    def collect(self) -> Iterator[Metric]:
+        status = self._status()
+        info = GaugeMetricFamily("edge_agent_build_info", "version and device", labels=["version", "device"])
+        info.add_metric([__version__, str(status.get("device_id"))], 1)
+        yield info
+        cameras: dict[str, dict[str, Any]] = status.get("cameras", {})
+        yield self._counter("edge_agent_frames", "frames captured",
+                            {n: c.get("frames_captured", 0) for n, c in cameras.items()})
+        yield self._counter("edge_agent_frames_dropped", "frames overwritten before inference took them",
+                            {n: c.get("frames_dropped", 0) for n, c in cameras.items()})
+        yield self._counter("edge_agent_frames_inferred", "frames through inference",
+                            {n: c.get("frames", 0) for n, c in cameras.items()})
+        yield self._counter("edge_agent_detections", "detections made",
+                            {n: c.get("detections", 0) for n, c in cameras.items()})
+        yield self._counter("edge_agent_camera_reconnects", "camera reopen attempts",
+                            {n: c.get("reconnects", 0) for n, c in cameras.items()})
+        up = GaugeMetricFamily("edge_agent_camera_up", "1 while the camera delivers frames", labels=["camera"])
+        fps = GaugeMetricFamily("edge_agent_camera_fps", "frames through inference per second", labels=["camera"])
+        for name, cam in sorted(cameras.items()):
+            up.add_metric([name], 1.0 if cam.get("state") in ("running", "finished") else 0.0)
+            fps.add_metric([name], float(cam.get("fps") or 0.0))
+        yield up
+        yield fps
+        yield from self._histograms()
+        yield from self._store(status.get("store") or {})
+        sync = status.get("sync") or {}
+        connected = GaugeMetricFamily("edge_agent_mqtt_connected", "1 while connected to the broker")
+        connected.add_metric([], 1.0 if sync.get("connected") else 0.0)
+        yield connected
+        inflight = GaugeMetricFamily("edge_agent_mqtt_in_flight", "messages awaiting PUBACK")
+        inflight.add_metric([], float(sync.get("in_flight") or 0))
+        yield inflight
+        gpu = GaugeMetricFamily("edge_agent_gpu_memory_bytes", "GPU memory of the engines", labels=["kind"])
+        memory = status.get("gpu_memory") or {}
+        for kind, key in (("used", "used_mb"), ("budget", "budget_mb")):
+            if memory.get(key) is not None:
+                gpu.add_metric([kind], float(memory[key]) * MB)
+        yield gpu
+        temps = GaugeMetricFamily("edge_agent_temperature_celsius", "temperatures by zone", labels=["zone"])
+        for zone, value in sorted(((status.get("system") or {}).get("temperatures_c") or {}).items()):
+            temps.add_metric([zone], float(value))
+        yield temps
+        disk = GaugeMetricFamily("edge_agent_disk_free_bytes", "free space on the data dir's filesystem")
+        if (status.get("store") or {}).get("disk_free_mb") is not None:
+            disk.add_metric([], float(status["store"]["disk_free_mb"]) * MB)
+        yield disk
+        errors = CounterMetricFamily("edge_agent_inference_errors", "inference failures")
+        errors.add_metric([], float(status.get("inference_errors") or 0))
+        yield errors
+
+    @staticmethod
+    def _histograms() -> Iterator[Metric]:
+        family = HistogramMetricFamily("edge_agent_stage_seconds", "time per pipeline stage", labels=["stage"])
+        for stage, histogram in sorted(stage_histograms().items()):
+            counts, sum_ms = histogram.snapshot()
+            buckets = [(f"{bound / 1000:g}", float(n)) for bound, n in zip(BUCKETS_MS, counts)]
+            buckets.append(("+Inf", float(counts[-1])))
+            family.add_metric([stage], buckets, sum_ms / 1000)
+        yield family
+
+    @staticmethod
+    def _store(store: dict[str, Any]) -> Iterator[Metric]:
+        outbox = store  # the store's figures include the outbox's
+        pending = GaugeMetricFamily("edge_agent_outbox_pending", "messages waiting for the broker")
+        pending.add_metric([], float(outbox.get("outbox_pending") or 0))
+        yield pending
+        oldest = GaugeMetricFamily("edge_agent_outbox_oldest_age_seconds", "age of the oldest waiting message")
+        if outbox.get("outbox_oldest_age_s") is not None:
+            oldest.add_metric([], float(outbox["outbox_oldest_age_s"]))
+        yield oldest
+        dead = GaugeMetricFamily("edge_agent_outbox_dead", "dead letters kept")
+        dead.add_metric([], float(outbox.get("outbox_dead") or 0))
+        yield dead
+        writable = GaugeMetricFamily("edge_agent_store_writable", "1 while the store takes writes")
+        writable.add_metric([], 1.0 if store.get("writable") else 0.0)
+        yield writable
+        dropped = CounterMetricFamily("edge_agent_store_dropped", "frames of results the store could not keep")
+        dropped.add_metric([], float(store.get("dropped") or 0))
+        yield dropped
+
+
+def registry_for(status: Callable[[], dict[str, Any]]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(AgentCollector(status))
+    return registry
