@@ -6,6 +6,7 @@ An empty or absent file gives the demo: two generated cameras and the built-in m
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -186,8 +187,8 @@ class WebConfig(_Strict):
         if self.token_file is None:
             return None
         token = self.token_file.expanduser().read_text().strip()
-        if not token:
-            raise ValueError(f"{self.token_file} is empty")
+        if not re.fullmatch(r"[A-Za-z0-9._~+/=-]{16,256}", token):
+            raise ValueError(f"{self.token_file}: the token must be 16-256 characters of A-Z a-z 0-9 . _ ~ + / = -")
         return token
 
 

@@ -40,6 +40,8 @@ from engines import BackendUnavailable, Detection, Detector, GpuResources, Model
 
 log = logging.getLogger(__name__)
 
+FIGURES_TTL_S = 1.0
+CAMERA_TOTALS = ("frames_captured", "frames_dropped", "reconnects")  # kept across camera restarts
 HEARTBEAT_STALE_S = 15.0  # an inference loop that has not turned for this long is stalled
 OUTBOX_BEHIND_S = 60.0  # the outbox's oldest message waiting longer than this is reported
 HOT_CELSIUS = 85.0  # a temperature zone at or above this is reported (profiles bring their own trip points)
@@ -56,6 +58,10 @@ class Runtime:
         self.data_dir = (data_dir or config.storage.path).expanduser()
         self.device_id = resolve_device_id(config.device.id, self.data_dir)
         self.metrics = PipelineMetrics()
+        self._figures: tuple[float, dict] | None = None  # (monotonic, store figures), see _store_figures
+        # What cameras and workers replaced by config changes had counted: totals never go back.
+        self._retired: dict[str, dict[str, int]] = {}
+        self._retired_inference_errors = 0
         self.store = Store(self.data_dir, config.storage, on_commit=self._on_commit, outbox=config.mqtt is not None,
                            on_open=self._on_store_open, on_unstored=self._publish_around_store)
         self.link: MqttLink | None = None
@@ -94,10 +100,18 @@ class Runtime:
 
     # -- wiring -------------------------------------------------------------------
     def _store_figures(self) -> dict:
+        """The database's figures (outbox depth and age, trims), read at most once per FIGURES_TTL_S:
+        status, health probes, metrics scrapes and telemetry all ask."""
+        now = time.monotonic()
+        cached = self._figures
+        if cached is not None and now - cached[0] < FIGURES_TTL_S:
+            return cached[1]
         try:
-            return health_figures(self.data_dir)
+            figures = health_figures(self.data_dir)
         except (OSError, sqlite3.Error) as exc:
-            return {"error": str(exc)}
+            figures = {"error": str(exc)}
+        self._figures = (now, figures)
+        return figures
 
     def _publish_reading(self, payload: str) -> bool:
         """Health goes through the outbox (nothing lost) while the store takes writes, else straight out."""
@@ -192,6 +206,7 @@ class Runtime:
         worker, self.worker = self.worker, None
         if worker is None:
             return True
+        self._retired_inference_errors += worker.errors
         worker.stop()
         return worker.join(timeout)
 
@@ -206,6 +221,10 @@ class Runtime:
         camera = self.cameras.pop(name, None)
         if camera is None:
             return
+        retired = self._retired.setdefault(name, dict.fromkeys(CAMERA_TOTALS, 0))
+        stats = camera.stats()
+        for key in CAMERA_TOTALS:
+            retired[key] += getattr(stats, key)
         camera.stop()
         if not camera.join(timeout):
             log.warning("camera %s did not stop in time (a blocked read); leaving it", name)
@@ -352,7 +371,7 @@ class Runtime:
         reasons: list[str] = []
         now = time.monotonic()
         worker = self.worker
-        alive = worker is None or now - worker.heartbeat < HEARTBEAT_STALE_S
+        alive = worker is None or worker.reloading or now - worker.heartbeat < HEARTBEAT_STALE_S
         if not alive:
             reasons.append(f"inference stalled for {now - worker.heartbeat:.0f} s")
         writable = self.store.writable
@@ -370,8 +389,9 @@ class Runtime:
             elif (degraded := self._degraded(camera.name)) and self.detector is not None:
                 reasons.append(f"camera {camera.name}: {degraded}")
         link = self.link
-        if link is not None and link.down_since is not None and self.started_mono is not None:
-            down = now - max(link.down_since, self.started_mono)
+        down_since = None if link is None else link.down_since  # read once: paho's thread may reset it
+        if link is not None and down_since is not None and self.started_mono is not None:
+            down = now - max(down_since, self.started_mono)
             if down > 5:
                 reasons.append(f"broker unreachable for {down:.0f} s: {link.last_error or 'connecting'}")
         if link is not None:
@@ -405,7 +425,10 @@ class Runtime:
             summary = self.metrics.camera_summary(name)
             summary["stages"] = {"decode": camera.read_ms.summary(), **summary["stages"]}
             last = self.last_detection.get(name)
-            cameras[name] = {**stats, **summary, "degraded": self._degraded(name), "target_fps": camera.config.fps,
+            retired = self._retired.get(name, {})
+            totals = {f"{key}_total": stats[key] + retired.get(key, 0) for key in CAMERA_TOTALS}
+            cameras[name] = {**stats, **summary, **totals, "degraded": self._degraded(name),
+                             "target_fps": camera.config.fps,
                              "last_detection": None if last is None else {"ts_ms": last[0], "labels": last[1]}}
         return {
             "device_id": self.device_id,
@@ -417,6 +440,7 @@ class Runtime:
             "config": {"version": self.config_service.applied_version, "error": self.config_service.error},
             "gpu_memory": self.gpu.report(),
             "inference_errors": self.worker.errors if self.worker else 0,
+            "inference_errors_total": self._retired_inference_errors + (self.worker.errors if self.worker else 0),
             "frames_failed": self.worker.frames_failed if self.worker else 0,
             "engine_reloads": self.worker.reloads if self.worker else 0,
             "cameras": cameras,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -109,9 +110,10 @@ def test_frames_latest_placeholder_and_unknown(agent: Agent) -> None:
 
 
 def read_part(response: HTTPResponse) -> bytes:
-    """One JPEG part of a multipart/x-mixed-replace stream."""
-    while not response.readline().startswith(b"--"):
-        pass
+    """One JPEG part of a multipart/x-mixed-replace stream; b"" once the stream has ended."""
+    while not (line := response.readline()).startswith(b"--"):
+        if not line:
+            return b""
     length = 0
     while (line := response.readline().strip()):
         if line.lower().startswith(b"content-length:"):
@@ -168,8 +170,34 @@ def test_token_guards_everything_but_healthz(tmp_path: Path, short_clip: Path) -
         with opener.open(agent.base + "/api/status", timeout=10) as response:
             assert response.status == 200
         assert TOKEN not in json.dumps(agent.runtime.status())
+        assert agent.get("/api/status", {"Authorization": "Bearer \u00e9t\u00e9"})[0] == 401  # not a 500
+        assert agent.get("/?token=%C3%A9t%C3%A9")[0] == 401
     finally:
         agent.runtime.stop()
+
+
+def test_without_a_token_on_loopback_only_the_loopback_name_is_answered(agent: Agent) -> None:
+    """A web page elsewhere cannot read frames by pointing its own name at 127.0.0.1 (DNS rebinding)."""
+    assert agent.get("/api/status", {"Host": "evil.example:8080"})[0] == 403
+    assert agent.get("/api/status", {"Host": "localhost:8080"})[0] == 200
+
+
+def test_stop_ends_open_streams_and_the_server_promptly(tmp_path: Path, short_clip: Path) -> None:
+    agent = start_agent(tmp_path, short_clip)
+    wait_for(lambda: agent.runtime.latest_detections.get("front") is not None, what="a frame through inference")
+    stream = urllib.request.urlopen(agent.base + "/api/cameras/front/stream.mjpeg", timeout=10)
+    read_part(stream)
+    started = time.monotonic()
+    agent.runtime.stop()
+    assert time.monotonic() - started < 5.0
+    parts = 0
+    with contextlib.suppress(OSError, ValueError):  # the stream is ended, not left to its client
+        while read_part(stream) and parts < 100:
+            parts += 1
+    assert parts < 100
+    stream.close()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(agent.base + "/healthz", timeout=2)
 
 
 def test_a_port_in_use_is_a_clear_message_and_the_agent_runs_on(tmp_path: Path, short_clip: Path) -> None:

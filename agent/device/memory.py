@@ -3,14 +3,13 @@
 glibc gives threads their own malloc arenas, up to 8 per core; a threaded agent (cameras, inference,
 store, sync, web requests) then holds tens of MB of RSS in half-empty arenas, growing with every new
 thread. Measured with the health page polled (benchmarks/web_overhead.py): RSS climbed by ~90 MB
-over 90 s with the default, and stayed flat with 2 arenas. Setting it at run time (mallopt) applies
+over 90 s with the default, and stayed flat with a few arenas (ARENAS). Setting it at run time (mallopt) applies
 to threads created afterwards, which is every thread the agent makes.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger(__name__)
@@ -21,12 +20,8 @@ ARENAS = 4
 
 def limit_malloc_arenas(arenas: int = ARENAS) -> bool:
     """True when glibc took the limit; False elsewhere (musl, macOS): nothing to do there."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library: no lookup, no subprocess
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]

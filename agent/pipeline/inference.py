@@ -51,6 +51,7 @@ class InferenceWorker:
         self.heartbeat = time.monotonic()  # the loop's last turn: the health page's liveness
         self.reloads = 0
         self.reload_error: str | None = None  # why the last reload failed
+        self.reloading = False
         self.degraded: dict[str, str] = {}  # camera → why its frames are failing (bounded by the cameras)
         # camera → (monotonic retry time, backoff): a camera whose frames alone fail, kept out of batches
         self._quarantine: dict[str, tuple[float, Backoff]] = {}
@@ -188,6 +189,7 @@ class InferenceWorker:
         needed for the new one). If the load fails there is no engine until a later try succeeds."""
         log.warning("inference failed %d times in a row: reloading the engine", self.consecutive_errors)
         assert self._reload is not None
+        self.reloading = True  # a load can take long (a TensorRT build): the loop is busy, not stalled
         try:
             fresh = self._reload(self.detector)
         except Exception as exc:  # the reload is a remedy; its failure is one more thing to report, not a crash
@@ -195,6 +197,8 @@ class InferenceWorker:
             self.detector = None
             log.error("engine reload failed: %s", self.reload_error)
             return
+        finally:
+            self.reloading = False
         if fresh is not None:
             self.detector = fresh
             self.reloads += 1

@@ -50,6 +50,7 @@ class FrameCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, int, bytes]] = {}  # camera → (encoded at, frame number, jpeg)
+        self._encode_lock = threading.Lock()
         self.encodes = 0
 
     def jpeg(self, camera: str, view: CameraView) -> bytes | None:
@@ -62,14 +63,19 @@ class FrameCache:
             cached = self._cache.get(camera)
             if cached is not None and (now - cached[0] < MIN_INTERVAL_S or cached[1] == frame.number):
                 return cached[2]
-        jpeg = cv2.imencode(".jpg", annotate(view), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
-        with self._lock:
-            self._cache[camera] = (now, frame.number, jpeg)
-            self.encodes += 1
+        with self._encode_lock:  # clients arriving together: one encodes, the others take its result
+            with self._lock:
+                cached = self._cache.get(camera)
+                if cached is not None and (now - cached[0] < MIN_INTERVAL_S or cached[1] == frame.number):
+                    return cached[2]
+            jpeg = cv2.imencode(".jpg", annotate(view), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
+            with self._lock:
+                self._cache[camera] = (now, frame.number, jpeg)
+                self.encodes += 1
         return jpeg
 
-    def keep_only(self, cameras: set[str]) -> None:
+    def keep_only(self, cameras: list[str]) -> None:
         """Forget cameras that are gone (the cache stays bounded by the cameras configured)."""
         with self._lock:
-            for name in set(self._cache) - cameras:
+            for name in set(self._cache) - set(cameras):
                 del self._cache[name]

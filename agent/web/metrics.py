@@ -2,13 +2,13 @@
 
 Nothing is counted twice: a collector turns the status snapshot and the process-wide stage
 histograms (agent.measure) into metric families when scraped. Counters never go back, also when a
-config change restarts a camera (whose own counts start again from zero): each counter keeps the
-sum of what earlier incarnations had counted.
+config change restarts a camera (whose own counts start again from zero): they are the runtime's
+`*_total` figures, which add what replaced cameras and workers had counted; the counts kept per
+camera by the pipeline live for the whole process.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,34 +21,15 @@ from agent.measure import BUCKETS_MS, stage_histograms
 MB = 1024 * 1024
 
 
-class Monotonic:
-    """Counters that survive their source restarting from zero (a camera restarted by a config change)."""
-
-    def __init__(self, limit: int = 4096) -> None:
-        self._last: dict[tuple[str, ...], float] = {}
-        self._base: dict[tuple[str, ...], float] = {}
-        self._limit = limit  # keys: (metric, camera); bounded by the cameras ever configured
-        self._lock = threading.Lock()
-
-    def value(self, key: tuple[str, ...], raw: float) -> float:
-        with self._lock:
-            last = self._last.get(key, 0.0)
-            if raw < last:  # the source started again: what it had counted stays counted
-                self._base[key] = self._base.get(key, 0.0) + last
-            if key in self._last or len(self._last) < self._limit:
-                self._last[key] = raw
-            return self._base.get(key, 0.0) + raw
-
-
 class AgentCollector(Collector):
     def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
         self._status = status
-        self._monotonic = Monotonic()
 
-    def _counter(self, name: str, doc: str, per_camera: dict[str, float]) -> CounterMetricFamily:
+    @staticmethod
+    def _counter(name: str, doc: str, per_camera: dict[str, float]) -> CounterMetricFamily:
         family = CounterMetricFamily(name, doc, labels=["camera"])
-        for camera, raw in sorted(per_camera.items()):
-            family.add_metric([camera], self._monotonic.value((name, camera), raw))
+        for camera, value in sorted(per_camera.items()):
+            family.add_metric([camera], float(value))
         return family
 
     def collect(self) -> Iterator[Metric]:
@@ -58,15 +39,15 @@ class AgentCollector(Collector):
         yield info
         cameras: dict[str, dict[str, Any]] = status.get("cameras", {})
         yield self._counter("edge_agent_frames", "frames captured",
-                            {n: c.get("frames_captured", 0) for n, c in cameras.items()})
+                            {n: c.get("frames_captured_total", 0) for n, c in cameras.items()})
         yield self._counter("edge_agent_frames_dropped", "frames overwritten before inference took them",
-                            {n: c.get("frames_dropped", 0) for n, c in cameras.items()})
+                            {n: c.get("frames_dropped_total", 0) for n, c in cameras.items()})
         yield self._counter("edge_agent_frames_inferred", "frames through inference",
                             {n: c.get("frames", 0) for n, c in cameras.items()})
         yield self._counter("edge_agent_detections", "detections made",
                             {n: c.get("detections", 0) for n, c in cameras.items()})
         yield self._counter("edge_agent_camera_reconnects", "camera reopen attempts",
-                            {n: c.get("reconnects", 0) for n, c in cameras.items()})
+                            {n: c.get("reconnects_total", 0) for n, c in cameras.items()})
         up = GaugeMetricFamily("edge_agent_camera_up", "1 while the camera delivers frames", labels=["camera"])
         fps = GaugeMetricFamily("edge_agent_camera_fps", "frames through inference per second", labels=["camera"])
         for name, cam in sorted(cameras.items()):
@@ -98,7 +79,7 @@ class AgentCollector(Collector):
             disk.add_metric([], float(status["store"]["disk_free_mb"]) * MB)
         yield disk
         errors = CounterMetricFamily("edge_agent_inference_errors", "inference failures")
-        errors.add_metric([], float(status.get("inference_errors") or 0))
+        errors.add_metric([], float(status.get("inference_errors_total") or 0))
         yield errors
 
     @staticmethod
@@ -115,14 +96,16 @@ class AgentCollector(Collector):
     def _store(store: dict[str, Any]) -> Iterator[Metric]:
         outbox = store  # the store's figures include the outbox's
         pending = GaugeMetricFamily("edge_agent_outbox_pending", "messages waiting for the broker")
-        pending.add_metric([], float(outbox.get("outbox_pending") or 0))
+        if outbox.get("outbox_pending") is not None:  # absent when the database cannot be read: no sample
+            pending.add_metric([], float(outbox["outbox_pending"]))
         yield pending
         oldest = GaugeMetricFamily("edge_agent_outbox_oldest_age_seconds", "age of the oldest waiting message")
         if outbox.get("outbox_oldest_age_s") is not None:
             oldest.add_metric([], float(outbox["outbox_oldest_age_s"]))
         yield oldest
         dead = GaugeMetricFamily("edge_agent_outbox_dead", "dead letters kept")
-        dead.add_metric([], float(outbox.get("outbox_dead") or 0))
+        if outbox.get("outbox_dead") is not None:
+            dead.add_metric([], float(outbox["outbox_dead"]))
         yield dead
         writable = GaugeMetricFamily("edge_agent_store_writable", "1 while the store takes writes")
         writable.add_metric([], 1.0 if store.get("writable") else 0.0)

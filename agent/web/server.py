@@ -13,14 +13,15 @@ Auth: with `web.token_file`, every path but /healthz needs `Authorization: Beare
 from __future__ import annotations
 
 import contextlib
+import errno
 import hmac
 import json
 import logging
+import queue
 import re
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -38,12 +39,14 @@ log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 16  # threads serving at once (streams included)
 STREAM_CLIENTS_PER_CAMERA = 2
+STREAM_CLIENTS = 6  # in all: the other slots stay free for the page, the API and /healthz
 STREAM_INTERVAL_S = 0.5  # ≤ 2 fps per stream
-SOCKET_TIMEOUT_S = 10.0
+SOCKET_TIMEOUT_S = 5.0
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
           "/style.css": ("style.css", "text/css; charset=utf-8")}
 CAMERA_PATH = re.compile(r"^/api/cameras/([A-Za-z0-9][A-Za-z0-9_.-]{0,63})/(latest\.jpg|stream\.mjpeg)$")
 BOUNDARY = "edgeagentframe"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 class WebError(Exception):
@@ -51,39 +54,63 @@ class WebError(Exception):
 
 
 class _Server(ThreadingHTTPServer):
-    """Connections are served by a fixed pool of threads, reused (a thread per connection would also
-    grow the process's malloc arenas), at most MAX_CONNECTIONS at once; more are answered 503 at once."""
+    """Connections are served by a fixed set of daemon worker threads, reused (a thread per connection
+    would also grow the process's malloc arenas), at most MAX_CONNECTIONS at once; more are answered 503
+    at once. One request per connection (HTTP/1.0 style), so an idle browser tab holds no slot."""
 
     daemon_threads = True
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], web: WebServer) -> None:
         self.web = web
-        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        self.pool = ThreadPoolExecutor(max_workers=MAX_CONNECTIONS, thread_name_prefix="web")
         self.rejected = 0
-        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self.address_family = family
+        self._work: queue.Queue[tuple[Any, Any] | None] = queue.Queue(maxsize=MAX_CONNECTIONS)
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        self._workers: list[threading.Thread] = []  # server_close() may run inside a failed bind
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
+        self._workers = [threading.Thread(target=self._worker, name=f"web-{i}", daemon=True)
+                         for i in range(MAX_CONNECTIONS)]
+        for worker in self._workers:
+            worker.start()
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):  # bounded: never a thread per flood connection
+        try:
+            self._work.put_nowait((request, client_address))
+        except queue.Full:  # bounded: never a thread or a queue entry per flood connection
             self.rejected += 1
             with contextlib.suppress(OSError):
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
             self.shutdown_request(request)
-            return
-        self.pool.submit(self._serve, request, client_address)
 
-    def _serve(self, request: Any, client_address: Any) -> None:
-        try:
-            self.process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
+    def _worker(self) -> None:
+        while (item := self._work.get()) is not None:
+            request, client_address = item
+            with self._open_lock:
+                self._open.add(request)
+            try:
+                self.finish_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+            finally:
+                with self._open_lock:
+                    self._open.discard(request)
+                self.shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("web: connection from %s ended with an error", client_address, exc_info=True)
 
     def server_close(self) -> None:
+        """Stop listening, end the connections still open (a stream, a slow client), end the workers."""
         super().server_close()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        with self._open_lock:
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        for _ in self._workers:
+            with contextlib.suppress(queue.Full):
+                self._work.put_nowait(None)
 
 
 class WebServer:
@@ -115,7 +142,8 @@ class WebServer:
         try:
             self._server = _Server((host, port), self)
         except OSError as exc:
-            reason = "the port is in use (another agent or program?)" if exc.errno == 98 else exc.strerror or str(exc)
+            reason = "the port is in use (another agent or program?)" if exc.errno == errno.EADDRINUSE \
+                else exc.strerror or str(exc)
             self.error = f"cannot listen on {self.config.listen}: {reason}"
             raise WebError(self.error) from exc
         bound_port = self._server.server_address[1]
@@ -140,18 +168,31 @@ class WebServer:
         if self._token is None:
             return True
         header = handler.headers.get("Authorization", "")
-        if header.startswith("Bearer ") and hmac.compare_digest(header[7:].strip(), self._token):
+        if header.startswith("Bearer ") and self.token_matches(header[7:].strip()):
             return True
         cookie = _cookie(handler.headers.get("Cookie", ""), "token")
-        return cookie is not None and hmac.compare_digest(cookie, self._token)
+        return cookie is not None and self.token_matches(cookie)
 
     def token_matches(self, candidate: str) -> bool:
-        return self._token is not None and hmac.compare_digest(candidate, self._token)
+        """Constant time, on bytes (compare_digest refuses non-ASCII str: that must be a 401, not a 500)."""
+        return self._token is not None and hmac.compare_digest(candidate.encode("utf-8", "replace"),
+                                                               self._token.encode())
+
+    def host_allowed(self, host: str) -> bool:
+        """Without a token on a loopback address, only requests naming the loopback itself: a web page
+        elsewhere cannot read the device's status and frames by pointing its own name at 127.0.0.1
+        (DNS rebinding). On other addresses without a token everything is open, as documented."""
+        listen_host = self.config.address[0]
+        if self._token is not None or listen_host not in LOOPBACK:
+            return True
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        return name.strip("[]") in LOOPBACK
 
     # -- streams --------------------------------------------------------------------
     def open_stream(self, camera: str) -> bool:
         with self._streams_lock:
-            if self._streams.get(camera, 0) >= STREAM_CLIENTS_PER_CAMERA:
+            if self._streams.get(camera, 0) >= STREAM_CLIENTS_PER_CAMERA or \
+                    sum(self._streams.values()) >= STREAM_CLIENTS:
                 return False
             self._streams[camera] = self._streams.get(camera, 0) + 1
             return True
@@ -165,19 +206,23 @@ class WebServer:
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
-    protocol_version = "HTTP/1.1"
+    protocol_version = "HTTP/1.0"  # one request per connection: no idle keep-alive holding a slot
     timeout = SOCKET_TIMEOUT_S  # a slow or stuck client cannot hold a thread
     server_version = "edge-agent"
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("web: %s %s", self.address_string(), format % args)
+        line = format % args
+        log.debug("web: %s %s", self.address_string(), re.sub(r"token=[^ &]*", "token=<redacted>", line))
 
     def do_GET(self) -> None:
+        self._headers_sent = False
         web = self.server.web
         web.requests += 1
         parts = urlsplit(self.path)
         path = unquote(parts.path)
         try:
+            if not web.host_allowed(self.headers.get("Host", "")):
+                return self._json(HTTPStatus.FORBIDDEN, {"error": "this server answers to its loopback name only"})
             if path == "/healthz":
                 return self._health(ready=False)
             query = parse_qs(parts.query)
@@ -202,10 +247,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(HTTPStatus.NOT_FOUND, {"error": f"no such path: {path[:200]}"})
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             return None
-        except Exception as exc:  # a bug in one request must not take the server down
+        except Exception:  # a bug in one request must not take the server down
             log.exception("web: %s failed", path[:200])
-            with contextlib.suppress(OSError):
-                self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(exc).__name__}: {exc}"})
+            if not self._headers_sent:
+                with contextlib.suppress(OSError):
+                    self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error (see the agent's log)"})
             return None
 
     def do_POST(self) -> None:
@@ -240,18 +286,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _jpeg(self, name: str) -> bytes | None:
         web = self.server.web
+        web.frames.keep_only(web.view.camera_names())
         view = web.view.camera_view(name)
         return None if view is None else web.frames.jpeg(name, view)
 
     def _stream(self, name: str) -> None:
         web = self.server.web
+        self._headers_sent = True
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
         self.send_header("Cache-Control", "no-store")
-        self.send_header("Connection", "close")
         self.end_headers()
-        self.close_connection = True
-        while not web._stopping.is_set():
+        while not web._stopping.is_set() and name in web.view.camera_names():  # a removed camera ends it
             started = time.monotonic()
             jpeg = self._jpeg(name) or placeholder(f"{name}: no frame yet")
             self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"

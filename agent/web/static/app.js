@@ -59,7 +59,7 @@ function cameraCard(name, cam) {
   card.dataset.fps = fmt(cam.fps, 2);
   const stages = cam.stages || {};
   const stageRows = Object.entries(stages).map(([stage, s]) =>
-    `<tr><td>${esc(stage)}</td><td>${fmt(s.p50_ms, 1)}</td><td>${fmt(s.p95_ms, 1)}</td></tr>`).join("");
+    `<tr><td>${esc(stage)}</td><td>${esc(fmt(s.p50_ms, 1))}</td><td>${esc(fmt(s.p95_ms, 1))}</td></tr>`).join("");
   const history = cam.history || { fps: [], infer_p50_ms: [] };
   card.querySelector(".figures").innerHTML =
     (cam.degraded ? `<div class="degraded">${esc(cam.degraded)}</div>` : "") +
