@@ -54,9 +54,9 @@ class WebError(Exception):
 
 
 class _Server(ThreadingHTTPServer):
-    """Connections are served by a fixed set of daemon worker threads, reused (a thread per connection
-    would also grow the process's malloc arenas), at most MAX_CONNECTIONS at once; more are answered 503
-    at once. One request per connection (HTTP/1.0 style), so an idle browser tab holds no slot."""
+    """Connections are served by daemon worker threads, started as needed and then reused (a thread per
+    connection would also grow the process's malloc arenas), at most MAX_CONNECTIONS at once; more are
+    answered 503 at once. One request per connection (HTTP/1.0 style): an idle browser tab holds no slot."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -70,22 +70,32 @@ class _Server(ThreadingHTTPServer):
         self._workers: list[threading.Thread] = []  # server_close() may run inside a failed bind
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
-        self._workers = [threading.Thread(target=self._worker, name=f"web-{i}", daemon=True)
-                         for i in range(MAX_CONNECTIONS)]
-        for worker in self._workers:
-            worker.start()
+        self._idle = 0  # workers waiting for a connection; a new one starts only when none is
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        try:
+        with self._open_lock:
+            busy = len(self._workers) - self._idle
+            if busy + self._work.qsize() >= MAX_CONNECTIONS:  # bounded: never a thread per flood connection
+                self.rejected += 1
+                with contextlib.suppress(OSError):
+                    request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+                self.shutdown_request(request)
+                return
+            if self._idle <= self._work.qsize() and len(self._workers) < MAX_CONNECTIONS:
+                worker = threading.Thread(target=self._worker, name=f"web-{len(self._workers)}", daemon=True)
+                self._workers.append(worker)
+                worker.start()
             self._work.put_nowait((request, client_address))
-        except queue.Full:  # bounded: never a thread or a queue entry per flood connection
-            self.rejected += 1
-            with contextlib.suppress(OSError):
-                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
-            self.shutdown_request(request)
 
     def _worker(self) -> None:
-        while (item := self._work.get()) is not None:
+        while True:
+            with self._open_lock:
+                self._idle += 1
+            item = self._work.get()
+            with self._open_lock:
+                self._idle -= 1
+            if item is None:
+                return
             request, client_address = item
             with self._open_lock:
                 self._open.add(request)
