@@ -245,7 +245,8 @@ def test_nothing_too_large_for_the_broker_is_sent_so_the_connection_is_never_los
         runtime.telemetry.take_reading()
         wait_for(lambda: runtime.syncer.dead_letters >= 2, what="the next reading handled the same way")
         assert runtime.link.connects == 1  # never disconnected by the broker
-        assert "packet too large" in (runtime._store_figures()["outbox_dead_last_error"] or "")
+        wait_for(lambda: "packet too large" in (runtime._store_figures().get("outbox_dead_last_error") or ""),
+                 what="the reason in the store's figures (read at most once a second)")
     finally:
         runtime.stop()
         fleet.close()
