@@ -56,14 +56,21 @@ class AgentCollector(Collector):
         yield up
         yield fps
         yield from self._histograms()
-        yield from self._store(status.get("store") or {})
+        store = status.get("store") or {}  # the store's figures include the outbox's
         sync = status.get("sync") or {}
-        connected = GaugeMetricFamily("edge_agent_mqtt_connected", "1 while connected to the broker")
-        connected.add_metric([], 1.0 if sync.get("connected") else 0.0)
-        yield connected
-        inflight = GaugeMetricFamily("edge_agent_mqtt_in_flight", "messages awaiting PUBACK")
-        inflight.add_metric([], float(sync.get("in_flight") or 0))
-        yield inflight
+        yield _one(GaugeMetricFamily, "edge_agent_outbox_pending", "messages waiting for the broker",
+                   store.get("outbox_pending"))  # no sample when the database cannot be read
+        yield _one(GaugeMetricFamily, "edge_agent_outbox_oldest_age_seconds", "age of the oldest waiting message",
+                   store.get("outbox_oldest_age_s"))
+        yield _one(GaugeMetricFamily, "edge_agent_outbox_dead", "dead letters kept", store.get("outbox_dead"))
+        yield _one(GaugeMetricFamily, "edge_agent_store_writable", "1 while the store takes writes",
+                   1.0 if store.get("writable") else 0.0)
+        yield _one(CounterMetricFamily, "edge_agent_store_dropped", "frames of results the store could not keep",
+                   store.get("dropped") or 0)
+        yield _one(GaugeMetricFamily, "edge_agent_mqtt_connected", "1 while connected to the broker",
+                   1.0 if sync.get("connected") else 0.0)
+        yield _one(GaugeMetricFamily, "edge_agent_mqtt_in_flight", "messages awaiting PUBACK",
+                   sync.get("in_flight") or 0)
         gpu = GaugeMetricFamily("edge_agent_gpu_memory_bytes", "GPU memory of the engines", labels=["kind"])
         memory = status.get("gpu_memory") or {}
         for kind, key in (("used", "used_mb"), ("budget", "budget_mb")):
@@ -74,13 +81,11 @@ class AgentCollector(Collector):
         for zone, value in sorted(((status.get("system") or {}).get("temperatures_c") or {}).items()):
             temps.add_metric([zone], float(value))
         yield temps
-        disk = GaugeMetricFamily("edge_agent_disk_free_bytes", "free space on the data dir's filesystem")
-        if (status.get("store") or {}).get("disk_free_mb") is not None:
-            disk.add_metric([], float(status["store"]["disk_free_mb"]) * MB)
-        yield disk
-        errors = CounterMetricFamily("edge_agent_inference_errors", "inference failures")
-        errors.add_metric([], float(status.get("inference_errors_total") or 0))
-        yield errors
+        free_mb = store.get("disk_free_mb")
+        yield _one(GaugeMetricFamily, "edge_agent_disk_free_bytes", "free space on the data dir's filesystem",
+                   None if free_mb is None else free_mb * MB)
+        yield _one(CounterMetricFamily, "edge_agent_inference_errors", "inference failures",
+                   status.get("inference_errors_total") or 0)
 
     @staticmethod
     def _histograms() -> Iterator[Metric]:
@@ -92,27 +97,14 @@ class AgentCollector(Collector):
             family.add_metric([stage], buckets, sum_ms / 1000)
         yield family
 
-    @staticmethod
-    def _store(store: dict[str, Any]) -> Iterator[Metric]:
-        outbox = store  # the store's figures include the outbox's
-        pending = GaugeMetricFamily("edge_agent_outbox_pending", "messages waiting for the broker")
-        if outbox.get("outbox_pending") is not None:  # absent when the database cannot be read: no sample
-            pending.add_metric([], float(outbox["outbox_pending"]))
-        yield pending
-        oldest = GaugeMetricFamily("edge_agent_outbox_oldest_age_seconds", "age of the oldest waiting message")
-        if outbox.get("outbox_oldest_age_s") is not None:
-            oldest.add_metric([], float(outbox["outbox_oldest_age_s"]))
-        yield oldest
-        dead = GaugeMetricFamily("edge_agent_outbox_dead", "dead letters kept")
-        if outbox.get("outbox_dead") is not None:
-            dead.add_metric([], float(outbox["outbox_dead"]))
-        yield dead
-        writable = GaugeMetricFamily("edge_agent_store_writable", "1 while the store takes writes")
-        writable.add_metric([], 1.0 if store.get("writable") else 0.0)
-        yield writable
-        dropped = CounterMetricFamily("edge_agent_store_dropped", "frames of results the store could not keep")
-        dropped.add_metric([], float(store.get("dropped") or 0))
-        yield dropped
+
+def _one(kind: type[GaugeMetricFamily] | type[CounterMetricFamily], name: str, doc: str,
+         value: float | None) -> Metric:
+    """A metric without labels: one sample, or none when the figure is not known."""
+    family = kind(name, doc)
+    if value is not None:
+        family.add_metric([], float(value))
+    return family
 
 
 def registry_for(status: Callable[[], dict[str, Any]]) -> CollectorRegistry:
