@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -317,6 +319,20 @@ def outbox_with_detections(data: Path, count: int, ts_ms: int) -> Path:
     return data / DB_NAME
 
 
+@contextlib.contextmanager
+def started_syncer(config: MqttConfig, device: str, db_path: Path) -> Iterator[tuple[MqttLink, Syncer]]:
+    """A link and its sender on a real outbox, running; stopped afterwards whatever happened."""
+    link = MqttLink(config, device, "b00t", lambda: 1)
+    syncer = Syncer(link, db_path, config)
+    syncer.start()
+    link.start()
+    try:
+        yield link, syncer
+    finally:
+        syncer.stop()
+        link.stop()
+
+
 def test_detections_stamped_ahead_by_a_clock_step_are_sent_without_waiting_for_the_clock(tmp_path: Path) -> None:
     # A Jetson without RTC boots with a wrong clock; NTP then steps it back an hour. Rows captured before
     # the step carry wall times an hour "in the future": batching must not hold them for that hour.
@@ -324,16 +340,11 @@ def test_detections_stamped_ahead_by_a_clock_step_are_sent_without_waiting_for_t
     broker = Mosquitto(tmp_path / "broker").start()
     collector = Collector(broker.port, "edge/dev-clock/detections/#")
     config = MqttConfig(host="127.0.0.1", port=broker.port)
-    link = MqttLink(config, "dev-clock", "b00t", lambda: 1)
-    syncer = Syncer(link, db_path, config)
-    syncer.start()
-    link.start()
     try:
-        wait_for(lambda: len(collector.unique()) == 5, timeout=10, what="the 5 detections at the broker")
-        wait_for(lambda: outbox_pending(tmp_path / "data") == 0, timeout=10, what="outbox drained")
+        with started_syncer(config, "dev-clock", db_path):
+            wait_for(lambda: len(collector.unique()) == 5, timeout=10, what="the 5 detections at the broker")
+            wait_for(lambda: outbox_pending(tmp_path / "data") == 0, timeout=10, what="outbox drained")
     finally:
-        syncer.stop()
-        link.stop()
         collector.close()
         broker.stop()
 
@@ -461,19 +472,14 @@ def test_the_brokers_receive_maximum_bounds_what_is_in_flight(tmp_path: Path) ->
     broker = Mosquitto(tmp_path / "broker", extra_conf="max_inflight_messages 4\n").start()  # its Receive Maximum
     collector = Collector(broker.port, "edge/dev-rm/detections/#")
     config = MqttConfig(host="127.0.0.1", port=broker.port, window=64, batch={"max_count": 10})
-    link = MqttLink(config, "dev-rm", "b00t", lambda: 1)
-    syncer = Syncer(link, db_path, config)
-    syncer.start()
-    link.start()
     try:
-        wait_for(lambda: outbox_pending(tmp_path / "data") == 0, timeout=60, what="outbox drained")
-        wait_for(lambda: len(collector.unique()) == 3000, what="every detection at the broker")
-        assert link.broker_receive_maximum == 4 and link.send_window == 4
-        # the window was used, and never past what the broker takes, with room for the birth and answers
-        assert syncer.peak_in_flight == syncer.window() == 2
+        with started_syncer(config, "dev-rm", db_path) as (link, syncer):
+            wait_for(lambda: outbox_pending(tmp_path / "data") == 0, timeout=60, what="outbox drained")
+            wait_for(lambda: len(collector.unique()) == 3000, what="every detection at the broker")
+            assert link.broker_receive_maximum == 4 and link.send_window == 4
+            # the window was used, and never past what the broker takes, with room for the birth and answers
+            assert syncer.peak_in_flight == syncer.window() == 2
     finally:
-        syncer.stop()
-        link.stop()
         collector.close()
         broker.stop()
 
@@ -492,21 +498,16 @@ def test_a_slow_link_that_still_acknowledges_gets_nothing_resent(tmp_path: Path,
     collector = Collector(broker.port, "edge/dev-slow/detections/#")
     config = MqttConfig(host="127.0.0.1", port=link_to_broker.port, window=64,
                         batch={"max_bytes": 4096, "max_age_ms": 0})
-    link = MqttLink(config, "dev-slow", "b00t", lambda: 1)
-    syncer = Syncer(link, db_path, config)
-    syncer.start()
-    link.start()
     try:
-        wait_for(lambda: outbox_pending(tmp_path / "data") == 0, timeout=120, what="outbox drained")
-        wait_for(lambda: len(collector.unique()) == 2000, what="every detection at the broker")
-        slowest = syncer.puback_latency_ms.percentiles(100)[0]
-        assert slowest > 1000, slowest  # acks did take longer than the timeout
-        assert syncer.retries == 0 and collector.duplicates() == 0
-        rate = syncer.stats()["ack_rate_kbit_s"]
-        assert 100 < rate < 1000, rate  # ~400 kbit/s measured from the acks
+        with started_syncer(config, "dev-slow", db_path) as (_, syncer):
+            wait_for(lambda: outbox_pending(tmp_path / "data") == 0, timeout=120, what="outbox drained")
+            wait_for(lambda: len(collector.unique()) == 2000, what="every detection at the broker")
+            slowest = syncer.puback_latency_ms.percentiles(100)[0]
+            assert slowest > 1000, slowest  # acks did take longer than the timeout
+            assert syncer.retries == 0 and collector.duplicates() == 0
+            rate = syncer.stats()["ack_rate_kbit_s"]
+            assert 100 < rate < 1000, rate  # ~400 kbit/s measured from the acks
     finally:
-        syncer.stop()
-        link.stop()
         link_to_broker.close()
         collector.close()
         broker.stop()
