@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from agent.capture.sources import Source, parse_source
+from agent.keys import TOP_LEVEL, key_path
+from agent.profiles import AUTO, PRESETS, VARIANT_NAME, ProfileError, load_profile
 from engines.config import DetectorConfig
 from engines.gpu import DEFAULT_BUDGET_MB
 
-TOP_LEVEL = "(top level)"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # safe in MQTT topics and file names
 
 
@@ -46,6 +47,24 @@ class ReconnectConfig(_Strict):
         return self
 
 
+Point = tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]]
+
+
+class MotionConfig(_Strict):
+    """The motion gate (agent.pipeline.motion): still frames skip inference."""
+
+    enabled: bool | None = Field(None, description="default: on for live sources and paced files, off for "
+                                                   "unpaced files (which are there to have every frame seen)")
+    threshold: int = Field(25, ge=1, le=255, description="change of a pixel's grey level that counts as motion")
+    min_area: float = Field(0.002, ge=0, le=1, description="share of the frame that must change")
+    max_skip_s: float = Field(5.0, gt=0, le=3600, description="a full inference at least this often")
+    keep_s: float = Field(3.0, ge=0, le=600, description="inferred this long after the last detection")
+    mask: list[Annotated[list[Point], Field(min_length=3, max_length=64)]] = Field(
+        default_factory=list, max_length=16,
+        description="polygons to ignore, corners as [x, y] fractions of the frame (0..1)",
+    )
+
+
 class CameraConfig(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     source: str | Annotated[int, Field(ge=0, le=1023)]  # an int is a V4L2 device index
@@ -59,6 +78,8 @@ class CameraConfig(_Strict):
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
     hw_decode: Literal["none", "jetson"] = "none"  # rtsp:// through nvv4l2decoder
     codec: Literal["h264", "h265"] = "h264"
+    priority: int = Field(0, ge=-100, le=100, description="higher: degraded last, shed last")
+    motion: MotionConfig = Field(default_factory=MotionConfig)
 
     @field_validator("source")
     @classmethod
@@ -75,6 +96,12 @@ class CameraConfig(_Strict):
     @property
     def parsed_source(self) -> Source:
         return parse_source(self.source)
+
+    @property
+    def motion_gated(self) -> bool:
+        if self.motion.enabled is not None:
+            return self.motion.enabled
+        return not self.parsed_source.is_file or self.realtime
 
 
 def _demo_cameras() -> list[CameraConfig]:
@@ -217,6 +244,49 @@ class RemoteConfig(_Strict):
     )
 
 
+class QualityConfig(_Strict):
+    """Adaptive quality (agent.pipeline.quality): levels and presets from profiles/."""
+
+    mode: Literal["auto", "fixed"] = "auto"
+    profile: str = Field(AUTO, min_length=1, max_length=4096,
+                         description="a preset (" + ", ".join(PRESETS) + "), auto (from the hardware) or a file")
+    level: str | None = Field(None, description="fixed: the level held; auto: the start (default: the preset's)")
+    sla_ms: float | None = Field(None, gt=0, le=60_000,
+                                 description="capture→result p95 target; default: the preset's (CPU 250, GPU 100)")
+    models: dict[Annotated[str, Field(pattern=VARIANT_NAME)], str] = Field(
+        default_factory=dict, max_length=16,
+        description="model variants the levels may name (int8, small, int8-small, ...) → model files",
+    )
+    sysfs_root: Path = Field(Path("/sys"), description="where thermal zones and throttle counters are read")
+
+    @field_validator("profile")
+    @classmethod
+    def _profile_loads(cls, v: str) -> str:
+        if v != AUTO:
+            try:
+                load_profile(v)
+            except ProfileError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("level")
+    @classmethod
+    def _level_exists(cls, v: str | None, info: ValidationInfo) -> str | None:
+        profile = info.data.get("profile")
+        if v is None or profile is None:
+            return v
+        names = load_profile("cpu" if profile == AUTO else profile).level_names  # the presets share a ladder
+        if v not in names:
+            raise ValueError(f"'{v}' is not one of the levels: {', '.join(names)}")
+        return v
+
+    @model_validator(mode="after")
+    def _fixed_has_level(self) -> QualityConfig:
+        if self.mode == "fixed" and self.level is None:
+            raise ValueError("mode fixed needs a level")
+        return self
+
+
 class AgentConfig(_Strict):
     device: DeviceConfig = Field(default_factory=DeviceConfig)
     cameras: list[CameraConfig] = Field(default_factory=_demo_cameras, max_length=64)
@@ -228,6 +298,7 @@ class AgentConfig(_Strict):
     gpu: GpuConfig = Field(default_factory=GpuConfig)
     remote: RemoteConfig = Field(default_factory=RemoteConfig)
     web: WebConfig = Field(default_factory=WebConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
 
     @field_validator("cameras")
     @classmethod
@@ -251,16 +322,6 @@ class ConfigError(Exception):
     @property
     def problems(self) -> list[str]:
         return [f"{path}: {message}" for path, message in self.errors]
-
-
-def key_path(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or TOP_LEVEL
 
 
 def validate_config(data: object, source: str = "config") -> AgentConfig:

@@ -59,13 +59,16 @@ class LatencyWindow:
 
     def __init__(self, size: int = WINDOW, stage: str | None = None) -> None:
         self._values = np.zeros(size, np.float64)
+        self._times = np.zeros(size, np.float64)  # time.monotonic() of each sample, for `since`
         self._count = 0
         self._lock = threading.Lock()
         self._histogram = stage_histogram(stage) if stage else None
 
     def add(self, ms: float) -> None:
+        now = time.monotonic()
         with self._lock:
             self._values[self._count % len(self._values)] = ms
+            self._times[self._count % len(self._values)] = now
             self._count += 1
         if self._histogram is not None:
             self._histogram.observe(np.array([ms]))
@@ -75,10 +78,19 @@ class LatencyWindow:
         if self._histogram is not None and values:
             self._histogram.observe(np.asarray(values, np.float64))
         tail = np.asarray(values[-len(self._values):], np.float64)
+        now = time.monotonic()
         with self._lock:
             idx = (self._count + np.arange(len(tail))) % len(self._values)
             self._values[idx] = tail
+            self._times[idx] = now
             self._count += len(tail)
+
+    def since(self, t0: float) -> np.ndarray:
+        """The samples kept that were added at or after monotonic time `t0` (a copy)."""
+        with self._lock:
+            n = min(self._count, len(self._values))
+            recent = self._times[:n] >= t0
+            return self._values[:n][recent]
 
     def percentiles(self, *qs: float) -> list[float | None]:
         with self._lock:

@@ -9,6 +9,7 @@ change is applied part by part (agent.control.config_diff): only what changed re
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -27,8 +28,12 @@ from agent.control.config_service import ConfigService
 from agent.control.device_api import CameraView
 from agent.device.identity import resolve_device_id
 from agent.device.memory import limit_malloc_arenas
+from agent.measure import LatencyWindow
 from agent.pipeline.inference import InferenceWorker
 from agent.pipeline.metrics import PipelineMetrics
+from agent.pipeline.motion import MotionGate
+from agent.pipeline.quality_loop import QualityLoop, resolve_profile
+from agent.profiles import ProfileError
 from agent.store.outbox import TELEMETRY, next_session, requeue_dead_letters
 from agent.store.store import Store, StoreError, health_figures
 from agent.sync.mqtt_link import ClientSetupError, MqttLink, random_boot_id
@@ -36,12 +41,13 @@ from agent.sync.sync import Syncer
 from agent.sync.telemetry import Telemetry
 from agent.web.server import WebError, WebServer
 from agent.web.view import Health
-from engines import BackendUnavailable, Detection, Detector, GpuResources, ModelError, load_detector
+from engines import BackendUnavailable, Detection, Detector, DetectorConfig, GpuResources, ModelError, load_detector
 
 log = logging.getLogger(__name__)
 
 FIGURES_TTL_S = 1.0
 CAMERA_TOTALS = ("frames_captured", "frames_dropped", "reconnects")  # kept across camera restarts
+GATE_TOTALS = ("gated", "shed")  # the gate's, kept the same way
 HEARTBEAT_STALE_S = 15.0  # an inference loop that has not turned for this long is stalled
 OUTBOX_BEHIND_S = 60.0  # the outbox's oldest message waiting longer than this is reported
 HOT_CELSIUS = 85.0  # a temperature zone at or above this is reported (profiles bring their own trip points)
@@ -53,8 +59,11 @@ class Runtime:
     def __init__(self, config: AgentConfig, data_dir: Path | None = None) -> None:
         limit_malloc_arenas()  # before the parts start their threads (agent.device.memory)
         self.config = config  # what runs: the config file's, with the fleet's overlay on top once restored
-        # One budget for the life of the process: a change to `gpu` takes effect on restart.
-        self.gpu = GpuResources(config.gpu.memory_budget_mb, config.gpu.device_id)
+        self.quality: QualityLoop | None = None  # made once the config is restored (start)
+        self.quality_error: str | None = None
+        # One budget for the life of the process: a change to `gpu` takes effect on restart. The profile's
+        # budget applies where the config file does not set one.
+        self.gpu = GpuResources(self._gpu_budget(config), config.gpu.device_id)
         self.data_dir = (data_dir or config.storage.path).expanduser()
         self.device_id = resolve_device_id(config.device.id, self.data_dir)
         self.metrics = PipelineMetrics()
@@ -85,6 +94,10 @@ class Runtime:
         self._stopping = False
         self.cameras: dict[str, Camera] = {}
         self.detector: Detector | None = None
+        self.running_model: DetectorConfig | None = None  # what the detector was loaded from (a quality variant)
+        self._dynamic_size: tuple[int, int] | None = None  # the configured model's input size, if dynamic
+        self._batch_cap: int | None = None
+        self.gates: dict[str, MotionGate] = {}  # camera → the gate in front of its inference
         self.worker: InferenceWorker | None = None
         self.model_error: str | None = None
         self.latest_detections: dict[str, tuple[int, list[Detection]]] = {}  # camera → (frame, detections)
@@ -99,6 +112,15 @@ class Runtime:
             self.channel = CommandChannel(link, commands, self.config_service, self.store.path)
 
     # -- wiring -------------------------------------------------------------------
+    @staticmethod
+    def _gpu_budget(config: AgentConfig) -> int:
+        if "memory_budget_mb" in config.gpu.model_fields_set:
+            return config.gpu.memory_budget_mb
+        try:
+            return resolve_profile(config)[0].gpu_memory_budget_mb or config.gpu.memory_budget_mb
+        except ProfileError:
+            return config.gpu.memory_budget_mb
+
     def _store_figures(self) -> dict:
         """The database's figures (outbox depth and age, trims), read at most once per FIGURES_TTL_S:
         status, health probes, metrics scrapes and telemetry all ask."""
@@ -113,11 +135,17 @@ class Runtime:
         self._figures = (now, figures)
         return figures
 
-    def _publish_reading(self, payload: str) -> bool:
-        """Health goes through the outbox (nothing lost) while the store takes writes, else straight out."""
-        if self.store.writable and self.store.submit_reading(TELEMETRY, payload):
+    def _publish_reading(self, payload: str, kind: str = TELEMETRY) -> bool:
+        """Health and events go through the outbox (nothing lost) while the store takes writes, else straight
+        out."""
+        if self.store.writable and self.store.submit_reading(kind, payload):
             return True
-        return self._publish_around_store(TELEMETRY, payload)
+        return self._publish_around_store(kind, payload)
+
+    def publish_event(self, kind: str, event: dict) -> None:
+        """An event on `<prefix>/<id>/events/<kind>` (quality transitions, SLA alerts), through the outbox."""
+        if self.config.mqtt is not None:
+            self._publish_reading(json.dumps(event, separators=(",", ":")), f"events/{kind}")
 
     def _publish_around_store(self, kind: str, payload: str) -> bool:
         """The latest reading, when the store cannot keep it (not open, full disk): sent now or not at all."""
@@ -149,6 +177,10 @@ class Runtime:
                        + (f"; the last reload failed: {worker.reload_error}" if worker.reload_error else ""))
         if self.config_service.error:
             out.append(f"config: {self.config_service.error}")
+        if self.quality_error:
+            out.append(f"adaptive quality off: {self.quality_error}")
+        if self.quality is not None and self.quality.model_error:
+            out.append(f"quality: {self.quality.model_error}")
         return out
 
     def _on_commit(self, camera: str, ms: float) -> None:
@@ -176,8 +208,25 @@ class Runtime:
     def _start_worker(self) -> None:
         if self.detector is not None:
             self.worker = InferenceWorker(self.detector, self._slots, self._sink, self.metrics, self._wake,
-                                          reload=self._reload_detector)
+                                          reload=self._reload_detector, gates=self.gates.get)
+            self.worker.batch_cap = self._batch_cap
             self.worker.start()
+
+    def _loaded(self, detector: Detector, model: DetectorConfig) -> None:
+        """`detector`, loaded from `model`, is the one that runs from now on."""
+        self.detector, self.running_model, self.model_error = detector, model, None
+        if model == self.config.model:
+            self._dynamic_size = (detector.input_h, detector.input_w) if detector.dynamic_input else None
+
+    def _swap_detector(self, detector: Detector, model: DetectorConfig) -> None:
+        """Run `detector` instead of the current one: the worker stops after its batch (frames wait in their
+        slots), the new one starts; the old engine is closed once nothing runs it."""
+        old = self.detector
+        worker_done = self._stop_worker()
+        self._loaded(detector, model)
+        self._start_worker()
+        if old is not None and worker_done:  # never free a model that is still running
+            old.close()
 
     def _reload_detector(self, failing: Detector | None) -> Detector | None:
         """Called by the inference worker (its own thread) when inference keeps failing: the same model,
@@ -192,12 +241,12 @@ class Runtime:
             self.detector, self.model_error = None, "reloading the engine after inference failures"
             if failing is not None:
                 failing.close()  # the worker, its only user, is the caller
+            model = self.running_model or self.config.model
             try:
-                self.detector = self._load_model(self.config.model)
+                self._loaded(self._load_model(model), model)
             except (ModelError, BackendUnavailable, OSError, ValueError) as exc:
                 self.model_error = f"reload after inference failures: {exc}"
                 raise
-            self.model_error = None
             return self.detector
         finally:
             self._parts.release()
@@ -214,6 +263,7 @@ class Runtime:
         source = cam_config.parsed_source
         slot = FrameSlot(blocking=source.is_file and not cam_config.realtime, wake=self._wake)
         camera = Camera(cam_config, slot, self.data_dir)
+        self.gates[cam_config.name] = MotionGate(cam_config.motion, cam_config.motion_gated)
         self.cameras[cam_config.name] = camera
         camera.start()
 
@@ -221,14 +271,54 @@ class Runtime:
         camera = self.cameras.pop(name, None)
         if camera is None:
             return
-        retired = self._retired.setdefault(name, dict.fromkeys(CAMERA_TOTALS, 0))
+        retired = self._retired.setdefault(name, dict.fromkeys(CAMERA_TOTALS + GATE_TOTALS, 0))
         stats = camera.stats()
         for key in CAMERA_TOTALS:
             retired[key] += getattr(stats, key)
+        gate = self.gates.pop(name, None)
+        if gate is not None:
+            retired["gated"] += gate.gated
+            retired["shed"] += gate.shed_frames
         camera.stop()
         if not camera.join(timeout):
             log.warning("camera %s did not stop in time (a blocked read); leaving it", name)
         self.latest_detections.pop(name, None)
+
+    # -- what the quality loop turns (agent.pipeline.quality_loop.QualityHost) ------------
+    def running_cameras(self) -> list[tuple[Camera, MotionGate | None]]:
+        return [(camera, self.gates.get(name)) for name, camera in list(self.cameras.items())]
+
+    def gpu_report(self) -> dict:
+        return self.gpu.report()
+
+    def gpu_temperature_c(self) -> float | None:
+        devices = (((self.telemetry.last or {}).get("gpu") or {}).get("devices")) or []
+        temps = [d["temperature_c"] for d in devices if isinstance(d.get("temperature_c"), (int, float))]
+        return max(temps) if temps else None
+
+    def puback_window(self) -> LatencyWindow | None:
+        return None if self.syncer is None else self.syncer.capture_to_puback_ms
+
+    def set_batch_cap(self, cap: int | None) -> None:
+        self._batch_cap = cap
+        worker = self.worker
+        if worker is not None:
+            worker.batch_cap = cap
+
+    def run_model(self, model: DetectorConfig) -> bool:
+        """Run `model` (a quality level's variant) if it is not what runs; False: not now (a config change
+        holds the parts, the engine is failing or absent, or stop). Raises if it does not load."""
+        if model == self.running_model:
+            return True
+        if not self._parts.acquire(timeout=0):
+            return False
+        try:
+            if self._stopping or self.detector is None:
+                return False
+            self._swap_detector(self._load_model(model), model)
+            return True
+        finally:
+            self._parts.release()
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> None:
@@ -241,6 +331,11 @@ class Runtime:
             self.config = self.config_service.restore()
             self.store.config = self.config.storage
             self.telemetry.reschedule(self.config.telemetry.interval_s)
+        try:
+            self.quality = QualityLoop(self.config, self, lambda: self._dynamic_size)
+        except ProfileError as exc:  # a profile file that went bad since the config was checked
+            self.quality_error = str(exc)
+            log.error("adaptive quality off: %s", exc)
         if self.syncer is not None and self.link is not None:  # the fleet must see a device whatever its store
             self.syncer.start()
             if self.channel is not None:
@@ -248,6 +343,8 @@ class Runtime:
             self.link.start()
         with self._parts:
             self._start_pipeline()
+        if self.quality is not None:
+            self.quality.start()
         self.telemetry.start()
         self.started_mono = time.monotonic()
         if self.web is not None:
@@ -260,9 +357,10 @@ class Runtime:
 
     def _start_pipeline(self) -> None:
         if self.detector is None:
+            model = self.quality.wanted_model() if self.quality is not None else None
+            model = model or self.config.model
             try:
-                self.detector = self._load_model(self.config.model)
-                self.model_error = None
+                self._loaded(self._load_model(model), model)
             except (ModelError, BackendUnavailable, OSError, ValueError) as exc:
                 self.model_error = str(exc)
                 log.error("model not loaded, capturing without detection: %s", exc)
@@ -301,12 +399,7 @@ class Runtime:
             for name in diff.cameras_to_stop:
                 self._stop_camera(name)
             if detector is not None:
-                old = self.detector
-                worker_done = self._stop_worker()
-                self.detector, self.model_error = detector, None
-                self._start_worker()
-                if old is not None and worker_done:  # never free a model that is still running
-                    old.close()
+                self._swap_detector(detector, new.model)
             elif diff.thresholds and self.detector is not None:
                 self.detector.score_threshold = new.model.score_threshold
                 self.detector.iou_threshold = new.model.iou_threshold
@@ -316,6 +409,8 @@ class Runtime:
                 self.telemetry.reschedule(new.telemetry.interval_s)
             self.store.config = new.storage
             self.config = new
+            if self.quality is not None and (diff.quality or diff.model_reload or diff.cameras_to_start):
+                self.quality.configure(new)
             return diff.summary()
 
     def stop(self, timeout: float = 4.0) -> None:
@@ -326,6 +421,8 @@ class Runtime:
         """
         deadline = time.monotonic() + timeout
         self._stopping = True
+        if self.quality is not None:
+            self.quality.stop()
         if self.web is not None:
             self.web.stop()
         self.telemetry.stop()
@@ -402,6 +499,8 @@ class Runtime:
         if refusals:
             reasons.append(f"GPU memory budget refused {refusals} allocation(s)")
         reasons += self._hot_zones()
+        if self.quality is not None:
+            reasons += self.quality.alerts()
         return Health(ok=alive and writable, ready=self.detector is not None and cameras_up, reasons=reasons)
 
     def _hot_zones(self) -> list[str]:
@@ -417,7 +516,8 @@ class Runtime:
         return CameraView(camera.latest, number, detections)
 
     def status(self) -> dict:
-        """A snapshot for the console, CLI and (later) telemetry and the health page."""
+        """A snapshot for the console, CLI, telemetry, the health page and `get_stats`."""
+        quality = self.quality.status() if self.quality is not None else None
         cameras = {}
         for name, camera in list(self.cameras.items()):
             stats = asdict(camera.stats())
@@ -427,8 +527,15 @@ class Runtime:
             last = self.last_detection.get(name)
             retired = self._retired.get(name, {})
             totals = {f"{key}_total": stats[key] + retired.get(key, 0) for key in CAMERA_TOTALS}
+            gate = self.gates.get(name)
+            motion = gate.counts() if gate is not None else None
+            if motion is not None:
+                totals.update(frames_gated_total=motion["gated"] + retired.get("gated", 0),
+                              frames_shed_total=motion["shed"] + retired.get("shed", 0))
             cameras[name] = {**stats, **summary, **totals, "degraded": self._degraded(name),
-                             "target_fps": camera.config.fps,
+                             "target_fps": camera.config.fps, "detect_fps": round(camera.detect_fps, 2),
+                             "priority": camera.config.priority, "motion": motion,
+                             "quality_level": quality["cameras"].get(name) if quality else None,
                              "last_detection": None if last is None else {"ts_ms": last[0], "labels": last[1]}}
         return {
             "device_id": self.device_id,
@@ -451,4 +558,7 @@ class Runtime:
             "problems": self.problems(),
             "health": asdict(self.health()),
             "web": None if self.web is None else self.web.stats(),
+            "quality": quality if quality is not None else {"mode": "off", "error": self.quality_error},
+            "sla": None if self.quality is None else self.quality.sla_status(),
+            "running_model": None if self.running_model is None else self.running_model.path,
         }

@@ -56,6 +56,8 @@ class Detector:
         if len(shape) != 4 or not (shape[1] == 3 or not isinstance(shape[1], int)):
             raise ModelLayoutError(f"{path}: input shape {list(shape)} is not [batch, 3, height, width]")
         self.input_h, self.input_w = model_input_size(path, shape, backend.metadata, config.input_size)
+        # a dynamic H×W: the input size is a knob (model.input_size; the quality levels' input_scale)
+        self.dynamic_input = not all(isinstance(d, int) and d > 0 for d in shape[2:4])
         self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
         self.max_batch = self.fixed_batch or config.max_batch
         meta = backend.metadata

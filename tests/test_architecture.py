@@ -15,13 +15,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # Top-level modules every wing may use: the schema, the version, shared helpers.
-BASE = {"agent", "agent.config", "agent.backoff", "agent.measure"}
+BASE = {"agent", "agent.config", "agent.backoff", "agent.measure", "agent.keys", "agent.profiles"}
 # Wing (or top-level module) → the wings it may import, besides BASE and engines.
 ALLOWED = {
     "agent.demo": set(),
     "agent.device": set(),
     "agent.capture": {"agent.demo"},
-    "agent.pipeline": {"agent.capture"},
+    "agent.pipeline": {"agent.capture", "agent.device"},  # the quality loop reads thermal zones and the CPU
     "agent.store": set(),
     "agent.sync": {"agent.store", "agent.device"},
     "agent.control": {"agent.capture", "agent.store", "agent.sync"},
@@ -36,6 +36,8 @@ ALLOWED = {
 # The schema composes what the wings define, as it composes engines' DetectorConfig: the source
 # grammar lives with capture. That module imports nothing of the agent, so no circle can pass it.
 BASE_MAY_IMPORT = {"agent.capture.sources"}
+# The profiles' schema (agent.profiles, which the config's quality section checks its level against) is
+# part of the schema too: data from profiles/, no wing.
 
 
 def module_name(path: Path) -> str:

@@ -145,13 +145,18 @@ def test_metrics_parse_rise_and_stay_monotonic_across_a_pipeline_restart(agent: 
         assert name in first, name
     infer = (("le", "+Inf"), ("stage", "infer"))
     assert first["edge_agent_stage_seconds_bucket"][infer] > 0
-    wait_for(lambda: metrics(agent)["edge_agent_frames_total"][front] > first["edge_agent_frames_total"][front],
-             what="frames_total rising between scrapes")
+    captured = "edge_agent_frames_captured_total"
+    wait_for(lambda: metrics(agent)[captured][front] > first[captured][front], what="frames rising between scrapes")
+    inferred = (("camera", "front"), ("outcome", "inferred"))
+    assert first["edge_agent_frames_total"][inferred] > 0
     before = metrics(agent)
     agent.runtime.restart_pipeline()  # new camera objects, whose own counts start again from zero
     after = metrics(agent)
-    for name in ("edge_agent_frames_total", "edge_agent_detections_total"):
+    for name in (captured, "edge_agent_detections_total"):
         assert after[name][front] >= before[name][front], name
+    for outcome in ("inferred", "gated", "dropped", "shed"):
+        key = (("camera", "front"), ("outcome", outcome))
+        assert after["edge_agent_frames_total"][key] >= before["edge_agent_frames_total"][key], outcome
     assert after["edge_agent_stage_seconds_count"][(("stage", "decode"),)] >= \
         before["edge_agent_stage_seconds_count"][(("stage", "decode"),)]
 

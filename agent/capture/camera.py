@@ -151,6 +151,7 @@ class Camera:
         self.frames_invalid = 0
         self._last_frame: float | None = None
         self.latest: Frame | None = None  # newest frame handed to inference, for snapshots
+        self.rate_cap: float | None = None  # fps the quality level allows (agent.pipeline.quality_loop)
         self.source_gone = False  # a probe found the source absent during the current wait
         self._outage_total = 0.0
         self._down_since: float | None = time.monotonic()  # not running yet: counts as an outage
@@ -261,11 +262,17 @@ class Camera:
         finally:
             cap.release()
 
+    @property
+    def detect_fps(self) -> float:
+        """Frames per second handed to inference: the camera's fps, or less under the quality level's cap."""
+        cap = self.rate_cap
+        return self.config.fps if cap is None else min(self.config.fps, cap)
+
     def _read_loop(self, cap: cv2.VideoCapture) -> _End:
-        period = 1.0 / self.config.fps
+        read_period = 1.0 / self.config.fps  # a paced file is read at its fps, like a live camera streams
         is_file = self._source.is_file
         paced = not is_file or self.config.realtime
-        next_due = time.monotonic()
+        next_read = next_due = time.monotonic()
         delivered = 0
         while not self._stop.is_set():
             started = time.monotonic()
@@ -279,6 +286,8 @@ class Camera:
             delivered += 1
             self._last_frame = now
             self.read_ms.add((now - started) * 1000)
+            if paced and is_file:
+                next_read = max(next_read + read_period, now)
             image = as_bgr(image)
             if image is None:
                 self.frames_invalid += 1
@@ -290,17 +299,18 @@ class Camera:
                 self._backoff.reset()
                 self._came_up()
                 log.info("camera %s: running (%s)", self.name, describe(self._source))
-            if paced and not is_file and now < next_due - period * 0.1:
-                self.frames_skipped += 1  # live source faster than the target fps
-                continue
-            frame = Frame(self.name, self._next_number, image, int(time.time() * 1000), now)
-            self._next_number += 1
-            self.latest = frame  # a reference, no copy: every read allocates a new image
-            if not self.slot.put(frame):
-                return _End.STOPPED
-            self.frames_captured += 1
-            if paced:
-                next_due = max(next_due + period, now)
-                if is_file:
-                    self._stop.wait(max(0.0, next_due - time.monotonic()))
+            period = 1.0 / self.detect_fps
+            if paced and now < next_due - period * 0.1:
+                self.frames_skipped += 1  # faster than the target (or the quality level's) fps
+            else:
+                frame = Frame(self.name, self._next_number, image, int(time.time() * 1000), now)
+                self._next_number += 1
+                self.latest = frame  # a reference, no copy: every read allocates a new image
+                if not self.slot.put(frame):
+                    return _End.STOPPED
+                self.frames_captured += 1
+                if paced:
+                    next_due = max(next_due + period, now)
+            if paced and is_file:
+                self._stop.wait(max(0.0, next_read - time.monotonic()))
         return _End.STOPPED

@@ -3,7 +3,7 @@
 Cameras are matched by name: one that was added, removed, enabled, disabled or
 changed in any setting is the only one started or stopped. Score and IoU
 thresholds change live on the running detector; any other model setting needs
-a new engine. Telemetry and storage retention settings change live.
+a new engine. Telemetry, storage retention and quality settings change live.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class ConfigDiff:
     thresholds: bool = False
     telemetry_interval: bool = False
     storage: bool = False
+    quality: bool = False
 
     def summary(self) -> list[str]:
         """Short phrases for the answer and the log."""
@@ -47,6 +48,8 @@ class ConfigDiff:
             out.append("telemetry interval updated")
         if self.storage:
             out.append("storage limits updated")
+        if self.quality:
+            out.append("quality settings updated")
         return out
 
 
@@ -65,4 +68,5 @@ def diff_configs(old: AgentConfig, new: AgentConfig) -> ConfigDiff:
     diff.thresholds = any(getattr(old.model, k) != getattr(new.model, k) for k in LIVE_MODEL_KEYS)
     diff.telemetry_interval = old.telemetry.interval_s != new.telemetry.interval_s
     diff.storage = old.storage != new.storage
+    diff.quality = old.quality != new.quality
     return diff

@@ -1,5 +1,8 @@
 """The inference worker: newest frame of each camera in turn, batched, timed.
 
+Each frame passes its camera's gate first (agent.pipeline.motion: still frames and shed cameras
+skip inference, counted there); the quality level may cap the batch.
+
 Cameras are visited round-robin from a rotating start, so when a batch fills
 before every camera was visited the next batch starts where this one stopped:
 no camera starves. Frames go through pre → infer → post, and the detections
@@ -24,6 +27,7 @@ from collections.abc import Callable
 from agent.backoff import Backoff
 from agent.capture.frames import Frame, FrameSlot
 from agent.pipeline.metrics import PipelineMetrics
+from agent.pipeline.motion import MotionGate
 from engines import Detection, Detector
 
 log = logging.getLogger(__name__)
@@ -39,9 +43,12 @@ class InferenceWorker:
     """One worker thread per detector."""
 
     def __init__(self, detector: Detector | None, slots: Callable[[], list[FrameSlot]], sink: Sink,
-                 metrics: PipelineMetrics, wake: threading.Event, reload: Reload | None = None) -> None:
+                 metrics: PipelineMetrics, wake: threading.Event, reload: Reload | None = None,
+                 gates: Callable[[str], MotionGate | None] = lambda _camera: None) -> None:
         self.detector = detector
         self._slots = slots
+        self._gates = gates
+        self.batch_cap: int | None = None  # the quality level's; None: the engine's own max_batch
         self._sink = sink
         self._metrics = metrics
         self._wake = wake
@@ -82,15 +89,21 @@ class InferenceWorker:
         if n == 0:
             return batch
         start = self._next % n
+        cap = self.detector.max_batch if self.batch_cap is None else min(self.batch_cap, self.detector.max_batch)
+        now = time.monotonic()
         for k in range(n):
             frame = slots[(start + k) % n].take()
-            if frame is not None:
+            if frame is not None and self._admitted(frame, now):
                 batch.append(frame)
-                if len(batch) == self.detector.max_batch:
+                if len(batch) == cap:
                     self._next = start + k + 1
                     return batch
         self._next = start + 1
         return batch
+
+    def _admitted(self, frame: Frame, now: float) -> bool:
+        gate = self._gates(frame.camera)
+        return gate is None or gate.admit(frame.image, now)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -217,5 +230,7 @@ class InferenceWorker:
         timings = {"pre": (t1 - t0) * 1000, "infer": (t2 - t1) * 1000, "post": (t3 - t2) * 1000}
         for frame, detections in zip(batch, results):
             self._sink(frame, detections)
-            self._metrics.record_frame(frame.camera, {**timings, "capture_age": (t0 - frame.mono) * 1000},
-                                       len(detections))
+            if detections and (gate := self._gates(frame.camera)) is not None:
+                gate.saw_objects(t3)
+            self._metrics.record_frame(frame.camera, {**timings, "capture_age": (t0 - frame.mono) * 1000,
+                                                      "result": (t3 - frame.mono) * 1000}, len(detections))

@@ -10,9 +10,11 @@ import threading
 import time
 from collections import deque
 
+import numpy as np
+
 from agent.measure import LatencyWindow, RateMeter
 
-STAGES = ("capture_age", "pre", "infer", "post", "store")
+STAGES = ("capture_age", "pre", "infer", "post", "result", "store")  # result: capture → detections
 HISTORY_INTERVAL_S = 10.0
 HISTORY_POINTS = 90  # 15 minutes of fps and inference latency per camera, for the page's sparklines
 
@@ -78,6 +80,14 @@ class PipelineMetrics:
 
     def stage_percentiles(self, stage: str, camera: str) -> list[float | None]:
         return self._camera(camera)[stage].percentiles(50, 95)
+
+    def recent(self, stage: str, seconds: float) -> np.ndarray:
+        """Every camera's samples of `stage` from the last `seconds`, pooled (the quality controller's view)."""
+        t0 = time.monotonic() - seconds
+        with self._lock:
+            windows = [stages[stage] for stages in self._stages.values()]
+        parts = [w.since(t0) for w in windows]
+        return np.concatenate(parts) if parts else np.zeros(0)
 
     def forget(self, camera: str) -> None:
         with self._lock:

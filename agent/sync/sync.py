@@ -50,6 +50,11 @@ class _InFlight:
     size: int  # payload bytes
 
 
+def body_key(kind: str) -> str:
+    """The envelope's key for a reading: `telemetry`, or `event` for every `events/<kind>`."""
+    return "event" if kind.startswith("events/") else kind
+
+
 class Syncer:
     def __init__(self, link: MqttLink, db_path, config: MqttConfig) -> None:
         self.link = link
@@ -318,7 +323,7 @@ class Syncer:
         with self._seq_lock:
             self.seq += 1
             seq = self.seq
-        payload = self._envelope(seq) + f'"direct":true,"{kind}":{payload}}}'
+        payload = self._envelope(seq) + f'"direct":true,"{body_key(kind)}":{payload}}}'
         try:
             mid = self.link.publish(f"{self.link.base}/{kind}", payload, retain=kind == TELEMETRY)
         except PacketTooLarge as exc:
@@ -341,7 +346,7 @@ class Syncer:
         if group[0].kind == DETECTION:  # the stored payloads are JSON already: join, do not re-encode
             body = f'"camera":{json.dumps(group[0].camera)},"detections":[' + ",".join(r.payload for r in group) + "]"
         else:
-            body = f'"{group[0].kind}":{group[0].payload}'
+            body = f'"{body_key(group[0].kind)}":{group[0].payload}'
         payload = envelope + body + "}"
         try:
             mid = self.link.publish(topic, payload, retain=group[0].kind == TELEMETRY)  # latest reading for `fleet`

@@ -19,6 +19,7 @@ from typing import Any
 import psutil
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from agent.device.cpu import CpuBusy
 from agent.device.gpu_probe import open_gpu_probe
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class Telemetry:
         self._publish = publish
         self._process = psutil.Process()
         self._process.cpu_percent()  # the first call only starts the measurement
-        self._cpu_times = psutil.cpu_times()  # system CPU is measured between readings, by us
+        self._cpu = CpuBusy()  # system CPU between readings, on our own baseline
         self._gpu, self._gpu_absent = open_gpu_probe()
         self._scheduler = BackgroundScheduler(daemon=True, job_defaults={"coalesce": True, "max_instances": 1})
         self.readings = 0
@@ -73,15 +74,6 @@ class Telemetry:
         except Exception:  # a reading must never take the scheduler down
             log.exception("telemetry reading failed")
 
-    def _cpu_busy_percent(self) -> float:
-        """Busy share of all cores since the previous reading: psutil.cpu_percent() keeps one baseline per
-        process, so any other caller would make ours meaningless (a 0.0 on the first reading)."""
-        now = psutil.cpu_times()
-        before, self._cpu_times = self._cpu_times, now
-        total = sum(now) - sum(before)
-        idle = (now.idle + getattr(now, "iowait", 0.0)) - (before.idle + getattr(before, "iowait", 0.0))
-        return round(100.0 * (1.0 - idle / total), 1) if total > 0 else 0.0
-
     def read(self) -> dict[str, Any]:
         mem = psutil.virtual_memory()
         disk = shutil.disk_usage(self._data_dir)
@@ -94,10 +86,11 @@ class Telemetry:
             except Exception as exc:
                 gpu = {"available": False, "reason": f"{self._gpu.name}: {exc}"}
         status = self._agent_status()
+        quality = status.get("quality")
         return {
             "ts_ms": int(time.time() * 1000),
             "system": {
-                "cpu_percent": self._cpu_busy_percent(), "load": list(os.getloadavg()),
+                "cpu_percent": self._cpu.percent(), "load": list(os.getloadavg()),
                 "memory_used_percent": mem.percent, "memory_available_mb": round(mem.available / 2**20),
                 "disk_free_mb": round(disk.free / 2**20), "disk_used_percent": round(100 * disk.used / disk.total, 1),
                 "temperatures_c": _temperatures(),
@@ -111,10 +104,14 @@ class Telemetry:
             "model_error": status.get("model_error"),
             "inference": {k: status.get(k, 0) for k in ("inference_errors", "frames_failed", "engine_reloads")},
             "cameras": {
-                name: {k: cam.get(k) for k in ("state", "degraded", "fps", "frames_captured", "frames_dropped",
-                                               "frames_skipped", "reconnects", "outage_s", "last_error", "stages")}
+                name: {k: cam.get(k) for k in ("state", "degraded", "fps", "detect_fps", "frames_captured",
+                                               "frames_dropped", "frames_skipped", "reconnects", "outage_s",
+                                               "last_error", "stages", "motion", "quality_level")}
                 for name, cam in status.get("cameras", {}).items()
             },
+            "quality": quality and {k: quality.get(k) for k in ("mode", "profile", "level", "reason", "since_ms",
+                                                                 "cameras", "shed", "model_variant", "error")},
+            "sla_alerts": (status.get("sla") or {}).get("alerts", []),
             "store": status.get("store"),
             "sync": status.get("sync"),
             "commands": status.get("commands"),

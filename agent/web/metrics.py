@@ -38,12 +38,15 @@ class AgentCollector(Collector):
         info.add_metric([__version__, str(status.get("device_id"))], 1)
         yield info
         cameras: dict[str, dict[str, Any]] = status.get("cameras", {})
-        yield self._counter("edge_agent_frames", "frames captured",
+        yield self._counter("edge_agent_frames_captured", "frames handed to inference by the camera",
                             {n: c.get("frames_captured_total", 0) for n, c in cameras.items()})
-        yield self._counter("edge_agent_frames_dropped", "frames overwritten before inference took them",
-                            {n: c.get("frames_dropped_total", 0) for n, c in cameras.items()})
-        yield self._counter("edge_agent_frames_inferred", "frames through inference",
-                            {n: c.get("frames", 0) for n, c in cameras.items()})
+        outcomes = CounterMetricFamily("edge_agent_frames", "what became of the frames captured",
+                                       labels=["camera", "outcome"])
+        for name, cam in sorted(cameras.items()):
+            for outcome, key in (("inferred", "frames"), ("gated", "frames_gated_total"),
+                                 ("shed", "frames_shed_total"), ("dropped", "frames_dropped_total")):
+                outcomes.add_metric([name, outcome], float(cam.get(key) or 0))
+        yield outcomes
         yield self._counter("edge_agent_detections", "detections made",
                             {n: c.get("detections", 0) for n, c in cameras.items()})
         yield self._counter("edge_agent_camera_reconnects", "camera reopen attempts",
