@@ -19,6 +19,7 @@ class Collector:
         self.ids: Counter[str] = Counter()
         self.status: list[dict] = []
         self.telemetry: list[dict] = []
+        self.events: list[tuple[str, dict]] = []  # (topic, message) of events/<kind>
         self.messages = 0
         self.seqs: set[int] = set()
         self.largest = 0  # bytes of the largest payload received
@@ -45,6 +46,8 @@ class Collector:
                 self.status.append(body)
             if msg.topic.endswith("/telemetry"):
                 self.telemetry.append(body)
+            if "/events/" in msg.topic:
+                self.events.append((msg.topic, body))
             if "seq" in body:
                 self.seqs.add(body["seq"])
             for det in body.get("detections", []):

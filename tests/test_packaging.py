@@ -7,6 +7,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from agent.profiles import PRESETS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -18,6 +20,8 @@ def test_wheel_contains_the_demo_model_and_the_console_script(tmp_path: Path) ->
         names = set(zf.namelist())
         entry_points = next(zf.read(n).decode() for n in names if n.endswith("entry_points.txt"))
     assert "engines/models/demo.onnx" in names
+    assert {f"profiles/{name}.yaml" for name in (*PRESETS, "levels")} <= names  # profiles ship as data
+    assert "agent/web/static/app.js" in names
     assert {"agent/demo/scene.py", "agent/demo/clips.py", "agent/cli/main.py"} <= names
     assert not any(n.startswith(("tests/", "training/", "benchmarks/")) for n in names)
     assert "edge-agent = agent.cli.main:main" in entry_points

@@ -74,6 +74,17 @@ class SnapshotArgs(_Strict):
     quality: int = Field(85, ge=20, le=95)
 
 
+class QualityArgs(_Strict):
+    mode: Literal["auto", "fixed"]
+    level: str | None = Field(None, description="fixed: the level to hold; auto: where to start from")
+
+    @model_validator(mode="after")
+    def _fixed_names_a_level(self) -> QualityArgs:
+        if self.mode == "fixed" and self.level is None:
+            raise ValueError("mode fixed needs a level")
+        return self
+
+
 class Commands:
     """Runs validated commands against the device; raises CommandError for error answers."""
 
@@ -92,6 +103,7 @@ class Commands:
             "restart_pipeline": (NoArgs, self.restart_pipeline),
             "get_stats": (NoArgs, self.get_stats),
             "requeue_dead_letters": (NoArgs, self.requeue_dead_letters),
+            "quality": (QualityArgs, self.quality),
         }
 
     # Answers to these are not kept for redeliveries: running them again changes nothing.
@@ -165,6 +177,11 @@ class Commands:
 
     def requeue_dead_letters(self, _args: NoArgs) -> dict[str, Any]:
         return {"requeued": self.device.requeue_dead_letters()}
+
+    def quality(self, args: QualityArgs) -> dict[str, Any]:
+        """Pin a level or let the controller choose: the same as desired config's `quality` (and kept like it)."""
+        answer = self._outcome(self.config.apply_patch({"quality": {"mode": args.mode, "level": args.level}}))
+        return {**answer, "quality": self.device.status().get("quality")}
 
     @staticmethod
     def _outcome(outcome: Outcome) -> dict[str, Any]:

@@ -30,10 +30,11 @@ import sqlite_utils
 
 from agent.capture.sources import SourceKind, parse_source, redact_source
 from agent.config import AgentConfig, ConfigError, validate_config
+from agent.profiles import AUTO, PRESETS
 from agent.store.db import transaction
 from engines.config import DEMO_MODEL_NAME, DEMO_MODEL_PATH, resolve_model_path
 
-REMOTE_SECTIONS = ("cameras", "model", "telemetry", "storage")
+REMOTE_SECTIONS = ("cameras", "model", "telemetry", "storage", "quality")
 LOCAL_ONLY_STORAGE = ("path", "synchronous", "queue_size")  # read once at start
 REDACTED = "<redacted>"
 
@@ -144,12 +145,28 @@ def trust_errors(file_config: AgentConfig, new: AgentConfig, overlay: dict[str, 
                            + ", ".join(str(d) for d in dirs.media) + " (the config file may name any)"))
     errors += [(path, "engine caches cannot be moved over MQTT (config file)")
                for path in _keys_named(overlay, "cache_dir")]
+    errors += _quality_trust_errors(file_config, new, dirs)
     for key in ("path", "labels"):
         value = getattr(new.model, key)
         if value is None or value == getattr(file_config.model, key) or value == DEMO_MODEL_NAME:
             continue
         if _outside(resolve_model_path(value), dirs.models):
             errors.append((f"model.{key}", "over MQTT only files under "
+                           + ", ".join(str(d) for d in dirs.models) + " (the config file may name any)"))
+    return errors
+
+
+def _quality_trust_errors(file_config: AgentConfig, new: AgentConfig, dirs: TrustedDirs) -> list[tuple[str, str]]:
+    q, local = new.quality, file_config.quality
+    errors = []
+    if q.profile != local.profile and q.profile != AUTO and q.profile not in PRESETS:
+        errors.append(("quality.profile", "over MQTT only a preset (" + ", ".join(PRESETS)
+                       + ") or auto; a profile file is named in the config file"))
+    if q.sysfs_root != local.sysfs_root:
+        errors.append(("quality.sysfs_root", "cannot be changed over MQTT (config file)"))
+    for name, path in q.models.items():
+        if local.models.get(name) != path and _outside(resolve_model_path(path), dirs.models):
+            errors.append((f"quality.models.{name}", "over MQTT only files under "
                            + ", ".join(str(d) for d in dirs.models) + " (the config file may name any)"))
     return errors
 

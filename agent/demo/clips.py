@@ -30,10 +30,12 @@ def sidecar_path(clip: Path) -> Path:
 
 
 def write_clip(out: Path, seconds: float = 20.0, seed: int = 1, fps: float = DEMO_CLIP_FPS,
-               width: int = 640, height: int = 360, scene_seconds: float = SCENE_SECONDS) -> Path:
+               width: int = 640, height: int = 360, scene_seconds: float = SCENE_SECONDS,
+               empty_seconds: float = 0.0) -> Path:
     """Write a clip and its ground-truth sidecar atomically (temp files, then rename).
 
-    The clip cuts to a new scene (background, objects, noise) every `scene_seconds`.
+    The clip cuts to a new scene (background, objects, noise) every `scene_seconds`; with
+    `empty_seconds`, the last that many seconds of each scene have no objects (a still scene).
     """
     out.parent.mkdir(parents=True, exist_ok=True)
     suffix = out.suffix or ".mp4"
@@ -50,14 +52,15 @@ def write_clip(out: Path, seconds: float = 20.0, seed: int = 1, fps: float = DEM
         for index in range(max(1, round(seconds * fps))):
             if index % per_scene == 0:
                 gen = SceneGenerator((seed, index // per_scene), width, height)
-            image, truths = gen.next_frame()
+            image, truths = gen.next_frame(objects=index % per_scene < per_scene - round(empty_seconds * fps))
             writer.write(image)
             frames.append({"index": index, "objects": [
                 {"label": t.label, "class_id": t.class_id, "box": list(t.box)} for t in truths
             ]})
     finally:
         writer.release()
-    meta = {"labels": list(CLASS_NAMES), "seed": seed, "scene_seconds": scene_seconds, "fps": fps,
+    meta = {"labels": list(CLASS_NAMES), "seed": seed, "scene_seconds": scene_seconds,
+            "empty_seconds": empty_seconds, "fps": fps,
             "width": width, "height": height, "frames": frames}
     side_tmp = tmp.with_name(tmp.name + ".json")
     side_tmp.write_text(json.dumps(meta, separators=(",", ":")), encoding="utf-8")

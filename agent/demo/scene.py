@@ -183,19 +183,21 @@ class SceneGenerator:
                 s.vy = -s.vy
                 s.cy = min(max(s.cy, s.radius), self.height - s.radius)
 
-    def next_frame(self) -> tuple[np.ndarray, list[GroundTruth]]:
-        """Render the next frame (BGR uint8) and the objects visible in it."""
+    def next_frame(self, objects: bool = True) -> tuple[np.ndarray, list[GroundTruth]]:
+        """Render the next frame (BGR uint8) and the objects visible in it; without `objects` the scene is
+        empty (its lighting and noise go on), as when everything has left it."""
         canvas = self._canvas
         np.copyto(canvas, self._background)
         coverage = np.full((self.height, self.width), -1, np.int16)
-        for i, s in enumerate(self._shapes):
+        shapes = self._shapes if objects else []
+        for i, s in enumerate(shapes):
             s.points = _shape_points(s.class_id, s.cx, s.cy, s.radius, s.angle)
             cv2.fillPoly(canvas, [s.points], s.color, cv2.LINE_AA)
             if s.outline is not None:
                 cv2.polylines(canvas, [s.points], True, s.outline, 2, cv2.LINE_AA)
             cv2.fillPoly(coverage, [s.points], i)
         truths = []
-        for i, s in enumerate(self._shapes):
+        for i, s in enumerate(shapes):
             mask = np.zeros_like(coverage, np.uint8)
             cv2.fillPoly(mask, [s.points], 1)
             area = int(mask.sum())

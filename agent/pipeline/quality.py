@@ -223,7 +223,7 @@ class QualityController:
         self._start = index
         self._tier_level = [index] * len(self._tiers)
         self._reset_timers(now)
-        if not changed:
+        if not changed and before == self.names[index]:
             return None
         return self._record(before, self.names[index], "set", signal, reason, changed)
 

@@ -129,6 +129,7 @@ class QualityLoop:
             self.controller = QualityController(profile, levels, sla, q.mode, q.level, now)
             self.sla = SlaMonitor(profile.budgets)
         else:
+            self.controller.set_cameras(self._priorities())
             change = self.controller.configure(q.mode, q.level, sla, now)
             if change is not None:
                 self._announce(change)
@@ -166,7 +167,7 @@ class QualityLoop:
         now = time.monotonic()
         with self._lock:
             cameras = self.host.running_cameras()
-            self.controller.set_cameras({cam.name: cam.config.priority for cam, _ in cameras})
+            self.controller.set_cameras(self._priorities())
             reading = self.last_reading = self._read(cameras, now)
             change = self.controller.update(reading, now)
             if change is not None:
@@ -197,7 +198,7 @@ class QualityLoop:
         self._throttle = throttles
         return Reading(
             result_p95_ms=_p95(result), queue_p95_ms=_p95(queue), drop_fraction=self._drop_fraction(cameras, now),
-            gpu_memory_fraction=used / budget if used is not None and budget else None, gpu_refusals=new_refusals,
+            gpu_memory_fraction=used / budget if used and budget else None, gpu_refusals=new_refusals,
             cpu_percent=sum(cpu) / len(cpu), temperatures_c=zones,
             gpu_temperature_c=self.host.gpu_temperature_c(), throttle_events=new_throttles,
         )
@@ -232,8 +233,12 @@ class QualityLoop:
         return samples
 
     # -- knobs --------------------------------------------------------------------------
+    def _priorities(self) -> dict[str, int]:
+        return {cam.name: cam.config.priority for cam, _ in self.host.running_cameras()}
+
     def _apply(self) -> None:
         ctl = self.controller
+        ctl.set_cameras(self._priorities())
         for cam, gate in self.host.running_cameras():
             level = ctl.camera_level(cam.name)
             fps = level.detect_fps(cam.config.fps)

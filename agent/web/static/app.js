@@ -64,7 +64,9 @@ function cameraCard(name, cam) {
   card.querySelector(".figures").innerHTML =
     (cam.degraded ? `<div class="degraded">${esc(cam.degraded)}</div>` : "") +
     `<dl>${rows([
-      ["fps", `${fmt(cam.fps, 1)} of ${fmt(cam.target_fps, 0)}`],
+      ["fps", `${fmt(cam.fps, 1)} of ${fmt(cam.target_fps, 0)}` + (cam.detect_fps < cam.target_fps ? ` (level caps ${fmt(cam.detect_fps, 1)})` : "")],
+      ["quality", cam.quality_level ? `${cam.quality_level}` + (cam.priority ? ` · priority ${cam.priority}` : "") : "–"],
+      ["motion gate", cam.motion ? (cam.motion.enabled ? `${cam.motion.gated} skipped / ${cam.motion.inferred} inferred` : "off") + (cam.motion.shed ? ` · ${cam.motion.shed} shed` : "") : "–"],
       ["captured / dropped", `${cam.frames_captured ?? "–"} / ${cam.frames_dropped ?? "–"}`],
       ["detections", cam.detections],
       ["reconnects", `${cam.reconnects ?? 0} · not running ${fmt(cam.outage_s, 0, " s")} in all`],
@@ -105,8 +107,20 @@ function render(s) {
     ["store", st.writable ? `writable, ${st.committed_rows} rows this run` : (st.open_error || st.last_error || "not writable")],
   ]);
   if (s.quality) {
+    const q = s.quality;
+    const sla = s.sla || {};
+    const recent = (q.transitions || []).slice(-5).reverse()
+      .map((t) => `${new Date(t.ts_ms).toLocaleTimeString()} ${t.from} → ${t.to}: ${t.reason}`);
     $("quality-panel").hidden = false;
-    $("quality").innerHTML = rows(Object.entries(s.quality));
+    $("quality").innerHTML = q.mode === "off" ? rows([["adaptive quality", `off: ${q.error || "–"}`]]) : rows([
+      ["level", `${q.level} (${q.mode}${q.mode === "auto" ? `, ${q.ceiling} to ${q.floor}` : ""})`],
+      ["profile", `${q.profile} · ${q.profile_reason || ""}`],
+      ["since", `${new Date(q.since_ms).toLocaleTimeString()}: ${q.reason}`],
+      ["now", q.waiting || "–"],
+      ["SLA", `capture→result p95 ≤ ${fmt(q.sla_ms, 0, " ms")}, now ${fmt((q.signals || {}).result_p95_ms, 0, " ms")}`],
+      ["alerts", (sla.alerts || []).length ? sla.alerts.join("; ") : "none"],
+      ["model", q.model_variant + (q.model_error ? ` (${q.model_error})` : "")],
+    ]) + (recent.length ? `<dt>transitions</dt><dd><ul class="transitions">${recent.map((r) => `<li>${esc(r)}</li>`).join("")}</ul></dd>` : "");
   }
 }
 
