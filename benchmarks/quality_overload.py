@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--sla-ms", type=float)
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=PATH",
                         help="a model variant the levels may use (quality.models), e.g. small=/tmp/v8n_320.onnx")
+    parser.add_argument("--modes", default="fixed,auto", help="which runs, in order: fixed (controller off), auto")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,7 +106,7 @@ def main() -> None:
                  for i in range(CAMERAS)]
         variants = dict(v.split("=", 1) for v in args.variant)
         runs = [run(clips, args.model, mode, args.seconds, args.steady, work, args.sla_ms, variants)
-                for mode in ("fixed", "auto")]
+                for mode in args.modes.split(",")]
     brief = [{k: v for k, v in r.items() if k != "samples"} for r in runs]
     print(json.dumps(brief, indent=1))
     if args.out:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -226,3 +227,35 @@ def test_a_users_profile_file_with_its_own_ladder(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         validate_config({"quality": {"profile": str(path), "level": "high"}})
     assert err.value.errors[0][0] == "quality.level"
+
+
+# -- the SLA monitor -------------------------------------------------------------------------
+def monitor_run(monitor, values_per_tick: list[float], start: float = 0.0) -> tuple[list[dict], float]:
+    """One tick per second; each tick's window holds 100 samples of which the given share is over the
+    infer budget (200 ms)."""
+    events, t = [], start
+    for share in values_per_tick:
+        t += 1.0
+        over = round(share * 100)
+        samples = np.array([500.0] * over + [10.0] * (100 - over))
+        events += monitor.update({"infer": samples, "pre": np.full(100, 1.0)}, t)
+    return events, t
+
+
+def test_sla_alert_raises_on_a_sustained_violation_and_clears_with_hysteresis() -> None:
+    from agent.pipeline.sla import SlaMonitor
+
+    m = SlaMonitor(load_profile("cpu").budgets)  # raise > 10 % for 10 s, clear < 2 % for 30 s
+    events, t = monitor_run(m, [0.5] * 9 + [0.0] + [0.5] * 9)  # bursts shorter than the hold time
+    assert events == []
+    events, t = monitor_run(m, [0.5] * 11, t)
+    assert [(e["type"], e["stage"]) for e in events] == [("raised", "infer")]
+    assert "infer: 50% of samples over the 200 ms budget for 10 s" in events[0]["reason"]
+    assert m.active() and m.status()["stages"]["infer"]["alert"] and not m.status()["stages"]["pre"]["alert"]
+    events, t = monitor_run(m, [0.05] * 60, t)  # under the raise rate but not under the clear rate
+    assert events == [] and m.active()
+    events, t = monitor_run(m, [0.0] * 31, t)
+    assert [e["type"] for e in events] == ["cleared"] and not m.active()
+    assert m.status()["raised_total"] == 1
+    few = m.update({"infer": np.full(5, 500.0)}, t + 1)  # too few samples say nothing
+    assert few == [] and m.status()["stages"]["infer"]["violation_rate"] is None

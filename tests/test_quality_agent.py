@@ -31,6 +31,8 @@ def fast_profile(tmp_path: Path) -> Path:
         "name": "fast-test", "default_level": "high", "floor_level": "minimal",
         "control": {"down_after_s": 2, "up_after_s": 4, "cooldown_s": 2, "undo_window_s": 0, "window_s": 3},
         "thermal": {"zones": ["x86_pkg_temp"], "trip_c": 80, "clear_c": 70},
+        # no frame's letterbox fits 1 µs: an SLA alert on `pre` within seconds, nothing else affected
+        "budgets": {"pre": 0.001, "raise_after_s": 1, "window_s": 5},
     }))
     return path
 
@@ -129,6 +131,12 @@ def test_a_hot_zone_steps_down_for_temperature_and_recovers_once_cool(
         wait_for(lambda: "not below 70 °C" in quality(runtime)["waiting"], what="warm blocks the step up")
         write_zone(sysfs, 55)
         wait_for(lambda: quality(runtime)["level"] == "high", timeout=60, what="recovered once cool")
+        alerts = lambda: [e["event"] for t, e in events.events if t == f"edge/{DEVICE}/events/alert"]  # noqa: E731
+        wait_for(alerts, what="an SLA alert event")
+        alert = alerts()[0]
+        assert (alert["type"], alert["stage"], alert["budget_ms"]) == ("raised", "pre", 0.001)
+        health = runtime.status()["health"]["reasons"]
+        assert any(r.startswith("SLA alert, pre over its") for r in health), health
     finally:
         runtime.stop()
         events.close()

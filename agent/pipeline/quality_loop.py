@@ -139,7 +139,8 @@ class QualityLoop:
         """A config change (the `quality` command, desired config, a new model or cameras)."""
         with self._lock:
             self._configure(config)
-            self._apply()
+            wanted = self._apply()
+        self._run_model(wanted)
 
     def wanted_model(self) -> DetectorConfig | None:
         """The model the start level runs (so the engine is not loaded twice at start)."""
@@ -149,7 +150,8 @@ class QualityLoop:
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
         with self._lock:
-            self._apply()
+            wanted = self._apply()
+        self._run_model(wanted)
         self._thread = threading.Thread(target=self._run, name="quality", daemon=True)
         self._thread.start()
 
@@ -172,12 +174,13 @@ class QualityLoop:
             change = self.controller.update(reading, now)
             if change is not None:
                 self._announce(change)
-            self._apply()
+            wanted = self._apply()
             for event in self.sla.update(self._stage_samples(cameras, now), now):
                 log.warning("%s %s", "SLA alert" if event["type"] == "raised" else "SLA alert cleared",
                             event["reason"])
                 self.host.publish_event("alert", event)
             self.ticks += 1
+        self._run_model(wanted)
 
     # -- signals ------------------------------------------------------------------------
     def _read(self, cameras: list[tuple[Camera, MotionGate | None]], now: float) -> Reading:
@@ -236,7 +239,8 @@ class QualityLoop:
     def _priorities(self) -> dict[str, int]:
         return {cam.name: cam.config.priority for cam, _ in self.host.running_cameras()}
 
-    def _apply(self) -> None:
+    def _apply(self) -> tuple[str, str, DetectorConfig] | None:
+        """Turn the knobs; the model the levels want (level, variant, config), to run outside the lock."""
         ctl = self.controller
         ctl.set_cameras(self._priorities())
         for cam, gate in self.host.running_cameras():
@@ -250,18 +254,22 @@ class QualityLoop:
         device = ctl.device_level
         self.host.set_batch_cap(device.batch)
         chosen = model_for(device, self.config, self._dynamic_size())
-        if chosen is None:
+        return None if chosen is None else (device.name, *chosen)
+
+    def _run_model(self, wanted: tuple[str, str, DetectorConfig] | None) -> None:
+        """Swap to the wanted variant, without holding the loop's lock: a load can take minutes (a TensorRT
+        build) and status must answer meanwhile."""
+        if wanted is None:
             return
-        name, model = chosen
+        level, name, model = wanted
         try:
             if self.host.run_model(model):
                 if name != self.model_variant and self.model_variant is not None:
-                    log.info("quality level %s: model %s (%s)", device.name, name, model.path)
+                    log.info("quality level %s: model %s (%s)", level, name, model.path)
                 self.model_variant, self.model_error = name, None
         except Exception as exc:  # the variant does not load: keep what runs, say so
             if self.model_error is None:
-                log.error("quality level %s: model %s does not load, keeping the running one: %s",
-                          device.name, name, exc)
+                log.error("quality level %s: model %s does not load, keeping the running one: %s", level, name, exc)
             self.model_error = f"model variant {name}: {exc}"
 
     def _announce(self, change: Transition) -> None:
