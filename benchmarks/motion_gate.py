@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import tempfile
 import time
 from pathlib import Path
@@ -24,9 +23,9 @@ import psutil
 
 from agent.config import validate_config
 from agent.demo.clips import read_ground_truth, write_clip
+from agent.demo.evaluate import stored_accuracy
 from agent.demo.scene import SceneGenerator
 from agent.runtime import Runtime
-from engines.metrics import mean_average_precision
 
 FPS = 15.0
 
@@ -82,18 +81,11 @@ def run_moving(model: str, work: Path) -> dict:
     finally:
         runtime.stop()
     frames = len(truth["frames"])
-    truths = [[(o["class_id"], o["box"]) for o in f["objects"]] for f in truth["frames"]]
-    out = {"frames": frames, "frames_with_objects": sum(1 for t in truths if t)}
-    with sqlite3.connect(work / "data-moving" / "edge-agent.db") as conn:
-        for camera in ("gated", "always"):
-            preds: list[list[tuple]] = [[] for _ in range(frames)]
-            for frame, cls, score, *box in conn.execute(
-                    "SELECT frame, class_id, score, x1, y1, x2, y2 FROM detections WHERE camera = ?", (camera,)):
-                if frame < frames:
-                    preds[frame].append((cls, score, tuple(box)))
-            result = mean_average_precision(preds, truths, 0.5)
-            out[camera] = {"map50": round(result.map, 4), "gated": status[camera]["motion"]["gated"],
-                           "dropped": status[camera]["frames_dropped"]}
+    out = {"frames": frames, "frames_with_objects": sum(1 for f in truth["frames"] if f["objects"])}
+    for camera in ("gated", "always"):
+        result = stored_accuracy(work / "data-moving" / "edge-agent.db", camera, clip)
+        out[camera] = {"map50": round(result.map, 4), "gated": status[camera]["motion"]["gated"],
+                       "dropped": status[camera]["frames_dropped"]}
     return out
 
 

@@ -7,24 +7,13 @@ scored against the clip's sidecar.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from agent.config import validate_config
 from agent.demo.clips import read_ground_truth, write_clip
+from agent.demo.evaluate import stored_accuracy
 from agent.runtime import Runtime
-from engines.metrics import mean_average_precision
 from tests.helpers import wait_for
-
-
-def stored_predictions(db: Path, camera: str, frames: int) -> list[list[tuple]]:
-    out: list[list[tuple]] = [[] for _ in range(frames)]
-    with sqlite3.connect(db) as conn:
-        for frame, class_id, score, *box in conn.execute(
-                "SELECT frame, class_id, score, x1, y1, x2, y2 FROM detections WHERE camera = ?", (camera,)):
-            if frame < frames:
-                out[frame].append((class_id, score, tuple(box)))
-    return out
 
 
 def test_gating_on_keeps_map_within_a_point_of_gating_off(tmp_path: Path) -> None:
@@ -46,13 +35,12 @@ def test_gating_on_keeps_map_within_a_point_of_gating_off(tmp_path: Path) -> Non
         runtime.stop()
     assert status["gated"]["motion"]["gated"] > 0 and status["always"]["motion"]["gated"] == 0
     frames = len(truth["frames"])
-    truths = [[(o["class_id"], o["box"]) for o in f["objects"]] for f in truth["frames"]]
     db = tmp_path / "data" / "edge-agent.db"
     scores = {}
     for camera in ("gated", "always"):
         assert status[camera]["frames_skipped"] == 0  # frame numbers are the clip's frame indexes
         assert status[camera]["frames_dropped"] <= frames * 0.02, status[camera]
-        scores[camera] = mean_average_precision(stored_predictions(db, camera, frames), truths, 0.5).map
+        scores[camera] = stored_accuracy(db, camera, clip).map
     print(f"mAP@0.5 gated {scores['gated']:.4f}, always {scores['always']:.4f}; "
           f"gated {status['gated']['motion']['gated']} of {frames} frames")
     assert abs(scores["gated"] - scores["always"]) <= 0.01, scores

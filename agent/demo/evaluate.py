@@ -1,7 +1,8 @@
-"""Accuracy of a detector on a clip with a ground-truth sidecar (mAP@0.5)."""
+"""Accuracy on a clip with a ground-truth sidecar (mAP@0.5): of a detector run here, or of what an agent stored."""
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,3 +54,19 @@ def evaluate_clip(detector: Detector, clip: Path, eval_threshold: float = 0.05) 
         map50=mean_average_precision(predictions, truths, 0.5),
         map50_at_operating=mean_average_precision(at_operating, truths, 0.5),
     )
+
+
+def stored_accuracy(db: Path, camera: str, clip: Path) -> MapResult:
+    """mAP@0.5 of the detections an agent stored for `camera`, which played `clip` once from its start (its
+    frame numbers are the clip's frame indexes), against the clip's sidecar; a frame without stored
+    detections (gated, dropped) counts as one where nothing was found."""
+    truth = read_ground_truth(clip)
+    frames = len(truth["frames"])
+    truths = [[(o["class_id"], o["box"]) for o in f["objects"]] for f in truth["frames"]]
+    predictions: list[list[tuple]] = [[] for _ in range(frames)]
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        for frame, class_id, score, *box in conn.execute(
+                "SELECT frame, class_id, score, x1, y1, x2, y2 FROM detections WHERE camera = ?", (camera,)):
+            if frame < frames:
+                predictions[frame].append((class_id, score, tuple(box)))
+    return mean_average_precision(predictions, truths, 0.5)
