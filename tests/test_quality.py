@@ -259,3 +259,29 @@ def test_sla_alert_raises_on_a_sustained_violation_and_clears_with_hysteresis() 
     assert m.status()["raised_total"] == 1
     few = m.update({"infer": np.full(5, 500.0)}, t + 1)  # too few samples say nothing
     assert few == [] and m.status()["stages"]["infer"]["violation_rate"] is None
+
+
+# -- model variants --------------------------------------------------------------------------
+def test_a_level_whose_model_variants_are_all_missing_is_skipped_and_the_others_pick_theirs(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from agent.pipeline.quality_loop import QualityLoop, model_for
+
+    profile = tmp_path / "variants.yaml"
+    profile.write_text(yaml.safe_dump({
+        "name": "variants", "default_level": "full", "floor_level": "tiny",
+        "levels": [{"name": "full"}, {"name": "quant", "model": ["int8", "base"]},
+                   {"name": "tiny", "model": ["small"], "input_scale": 0.5}],
+    }))
+    int8 = tmp_path / "m-int8.onnx"
+    int8.write_bytes(b"not needed to exist as a model here")
+    config = validate_config({"quality": {"profile": str(profile),
+                                          "models": {"int8": str(int8), "small": str(tmp_path / "absent.onnx")}}})
+    loop = QualityLoop(config, host=None, dynamic_size=lambda: None)  # type: ignore[arg-type]
+    assert [lv.name for lv in loop.controller.levels] == ["full", "quant"]
+    assert "tiny" in loop.skipped and "tiny" in caplog.text
+    assert loop.controller.floor == 1  # the floor's place is taken by the next available level above
+    quant = loop.controller.levels[1]
+    assert model_for(quant, config, None) == ("int8", config.model.model_copy(update={"path": str(int8)}))
+    scaled = shipped_levels()[-1]  # minimal: input × 0.5, base as the last resort
+    name, model = model_for(scaled, validate_config({}), (640, 640))
+    assert name == "base" and model.input_size == (320, 320)
