@@ -28,6 +28,7 @@ from agent.control.config_service import ConfigService
 from agent.control.device_api import CameraView
 from agent.device.identity import resolve_device_id
 from agent.device.memory import limit_malloc_arenas
+from agent.device.sd_notify import Supervision
 from agent.measure import LatencyWindow
 from agent.pipeline.inference import InferenceWorker
 from agent.pipeline.metrics import PipelineMetrics
@@ -105,6 +106,7 @@ class Runtime:
         self.started_mono: float | None = None
         self.config_service = ConfigService(self, config, self.store.path)
         self.web = WebServer(config.web, self) if config.web.listen else None  # a local-only setting
+        self.supervision = Supervision(self._inference_alive, self._summary_line)  # systemd, when under it
         self.channel: CommandChannel | None = None
         if self.link is not None:
             link = self.link
@@ -354,6 +356,7 @@ class Runtime:
             except WebError as exc:  # the agent runs on without the page
                 log.error("health page not served: %s", exc)
         log.info("device %s: %d camera(s), data in %s", self.device_id, len(self.cameras), self.data_dir)
+        self.supervision.ready()
 
     def _start_pipeline(self) -> None:
         if self.detector is None:
@@ -421,6 +424,7 @@ class Runtime:
         """
         deadline = time.monotonic() + timeout
         self._stopping = True
+        self.supervision.stopping()
         if self.quality is not None:
             self.quality.stop()
         if self.web is not None:
@@ -468,8 +472,8 @@ class Runtime:
         reasons: list[str] = []
         now = time.monotonic()
         worker = self.worker
-        alive = worker is None or worker.reloading or now - worker.heartbeat < HEARTBEAT_STALE_S
-        if not alive:
+        alive = self._inference_alive()
+        if not alive and worker is not None:
             reasons.append(f"inference stalled for {now - worker.heartbeat:.0f} s")
         writable = self.store.writable
         reasons += self.problems()
@@ -502,6 +506,25 @@ class Runtime:
         if self.quality is not None:
             reasons += self.quality.alerts()
         return Health(ok=alive and writable, ready=self.detector is not None and cameras_up, reasons=reasons)
+
+    def _inference_alive(self) -> bool:
+        """The inference loop turned within HEARTBEAT_STALE_S (or is loading an engine, or there is none)."""
+        worker = self.worker
+        return worker is None or worker.reloading or time.monotonic() - worker.heartbeat < HEARTBEAT_STALE_S
+
+    def _summary_line(self) -> str:
+        """One line for systemd's STATUS=: what runs and what is wrong."""
+        running = sum(1 for c in list(self.cameras.values()) if c.state.value == "running")
+        fps = sum(self.metrics.camera_summary(n)["fps"] for n in list(self.cameras))
+        parts = [f"{running}/{len(self.cameras)} cameras running", f"{fps:.1f} fps inferred"]
+        if self.quality is not None:
+            parts.append(f"quality {self.quality.controller.level.name}")
+        if self.link is not None:
+            parts.append("mqtt connected" if self.link.connected.is_set() else "mqtt down")
+        problems = self.problems()
+        if problems:
+            parts.append(f"{len(problems)} problem(s): {problems[0]}")
+        return ", ".join(parts)
 
     def _hot_zones(self) -> list[str]:
         temps = ((self.telemetry.last or {}).get("system") or {}).get("temperatures_c") or {}
