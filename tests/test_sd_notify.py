@@ -6,6 +6,8 @@ import itertools
 import os
 import socket
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,3 +107,19 @@ def test_the_agent_is_ready_after_start_and_its_stuck_inference_stops_the_watchd
         assert not runtime.health().ok
     finally:
         runtime.stop()
+
+
+def test_logs_to_the_journal_are_one_line_each_with_their_priority(tmp_path: Path) -> None:
+    script = ("import logging; from agent.cli.main import _setup_logging; _setup_logging(False); "
+              "logging.getLogger('edge').error('disk full\\nsecond line'); logging.getLogger('edge').info('ok')")
+    log_file = tmp_path / "journal.log"
+    with log_file.open("w") as err:
+        st = os.fstat(err.fileno())
+        subprocess.run([sys.executable, "-c", script], stderr=err, check=True, timeout=60,
+                       env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+    assert log_file.read_text().splitlines() == ["<3>ERROR edge: disk full | second line", "<6>INFO edge: ok"]
+    with (tmp_path / "plain.log").open("w") as err:  # not the journal: timestamps, no priorities
+        subprocess.run([sys.executable, "-c", script], stderr=err, check=True, timeout=60,
+                       env={k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"})
+    lines = (tmp_path / "plain.log").read_text().splitlines()
+    assert lines[0].endswith("ERROR edge: disk full") and not lines[0].startswith("<")

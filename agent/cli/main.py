@@ -13,11 +13,35 @@ from agent.cli import bench_commands, fleet_commands, model_commands, run_comman
 COMMAND_GROUPS = (run_commands, model_commands, store_commands, fleet_commands, bench_commands)
 
 
+SYSLOG_PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
+
+
+def stderr_is_journal(env: dict[str, str] | os._Environ = os.environ) -> bool:
+    """systemd connects stderr to the journal and says so in $JOURNAL_STREAM ("device:inode")."""
+    try:
+        device, inode = (int(part) for part in env.get("JOURNAL_STREAM", "").split(":"))
+        st = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError):
+        return False
+    return (st.st_dev, st.st_ino) == (device, inode)
+
+
+class JournalFormatter(logging.Formatter):
+    """One line per record with its syslog priority as `<N>`, which journald reads as the level (so
+    `journalctl -p err` works); no time, the journal stamps every line itself."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record).replace("\n", " | ")  # a traceback stays one journal entry
+        return f"<{SYSLOG_PRIORITY.get(record.levelno, 6)}>{text}"
+
+
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    if stderr_is_journal():
+        handler.setFormatter(JournalFormatter("%(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every run of every job
 
 
