@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,7 +21,8 @@ def resolve_model_path(path: str | Path) -> Path:
     return Path(path).expanduser()
 
 
-DEFAULT_ENGINE_CACHE = Path("~/.cache/edge-agent/engines")
+# $XDG_CACHE_HOME when set (the systemd unit points it at its CacheDirectory), else ~/.cache
+DEFAULT_ENGINE_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "edge-agent" / "engines"
 ProviderName = Literal["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"]
 
 
