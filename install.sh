@@ -189,7 +189,6 @@ install_venv() {
     act mkdir -p "$base"
     [ -d "$venv" ] && act rm -rf "$venv"
     act "$PYTHON" -m venv $VENV_FLAGS "$venv"
-    act "$venv/bin/pip" install -q --upgrade pip
     spec="$SRC"
     [ -n "$EXTRAS" ] && spec="${SRC}[$EXTRAS]"
     if [ -n "$WHEELHOUSE" ]; then
@@ -324,7 +323,10 @@ report() {
     else
         say "mqtt-check:  no broker configured"
     fi
-    say "selftest:    $(runuser -u "$SERVICE_USER" -- env HOME=/var/lib/edge-agent "$bin" selftest --config "$config" 2>&1 | tail -n 1)"
+    # one word per engine: "onnxruntime-cpu fp32 ok, onnxruntime-cuda fp32 unavailable, ..."
+    selftest=$(runuser -u "$SERVICE_USER" -- env HOME=/var/lib/edge-agent "$bin" selftest --config "$config" 2>&1 |
+        awk 'NR > 1 && NF >= 3 && $1 != "GPU" { printf "%s%s %s %s", sep, $1, $2, $3; sep = ", " }')
+    say "selftest:    ${selftest:-did not run}"
 }
 
 # -- uninstall ------------------------------------------------------------------------------

@@ -64,7 +64,8 @@ class Container:
     def __init__(self, tree: Path, wheels: Path, log: Path) -> None:
         self.proc = subprocess.Popen(
             ["systemd-nspawn", "-D", str(tree), "-M", f"edge-test-{os.getpid()}", "--register=no", "--keep-unit",
-             "--ephemeral", f"--bind-ro={ROOT}:/mnt/src", f"--bind-ro={wheels}:/mnt/wheels", "--boot",
+             "--ephemeral", f"--bind-ro={ROOT}:/mnt/src", f"--bind-ro={wheels}:/mnt/wheels",
+             f"--bind-ro={wheels.with_name('wheels-next')}:/mnt/wheels-next", "--boot",
              "--console=pipe"],
             stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
         self.pid1 = 0
@@ -112,6 +113,8 @@ def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheels), str(ROOT)], check=True,
                    capture_output=True, timeout=600)
     shutil.rmtree(ROOT / "build", ignore_errors=True)  # pip's in-tree build
+    shutil.copytree(wheels, work / "wheels-next")  # "a new release": the same wheels and one more file
+    (work / "wheels-next" / "RELEASE-NOTES.txt").write_text("next\n")
     box = Container(debian_tree(), wheels, work / "nspawn.log")
     yield box
     box.stop()
@@ -154,6 +157,12 @@ def test_install_runs_a_supervised_service_that_systemd_restarts_and_uninstall_r
 
     again = container.sh(install)
     assert again.stdout.strip().splitlines()[-1] == "no change", again.stdout
+
+    main = container.show("MainPID")
+    upgrade = container.sh("cd /mnt/src && ./install.sh --wheelhouse /mnt/wheels-next --device-id boot-1")
+    assert "+ mv -T /opt/edge-agent/venv.new /opt/edge-agent/venv" in upgrade.stdout
+    assert container.show("ActiveState") == "active" and container.show("MainPID") != main  # restarted once
+    assert len(container.sh("ls -d /opt/edge-agent/venv-*").stdout.split()) == 1  # the old venv is gone
 
     container.sh("cd /mnt/src && ./install.sh --uninstall")
     assert container.run("systemctl", "cat", "edge-agent", check=False).returncode != 0
