@@ -132,7 +132,7 @@ detect_platform() {
         esac
     elif [ -r /proc/driver/nvidia/version ] || command -v nvidia-smi >/dev/null 2>&1; then
         PLATFORM=nvidia
-        EXTRAS=gpu
+        EXTRAS=gpu,tensorrt
         guess=x86-gpu
     else
         PLATFORM=cpu
@@ -191,12 +191,19 @@ install_venv() {
     act "$PYTHON" -m venv $VENV_FLAGS "$venv"
     spec="$SRC"
     [ -n "$EXTRAS" ] && spec="${SRC}[$EXTRAS]"
+    where=""
     if [ -n "$WHEELHOUSE" ]; then
         spec=edge-agent
         [ -n "$EXTRAS" ] && spec="edge-agent[$EXTRAS]"
-        act "$venv/bin/pip" install -q --no-index --find-links "$WHEELHOUSE" "$spec"
-    else
-        act "$venv/bin/pip" install -q "$spec"
+        where="--no-index --find-links $WHEELHOUSE"
+    fi
+    # shellcheck disable=SC2086 # $where is two options or none
+    act "$venv/bin/pip" install -q $where "$spec"
+    if [ "$PLATFORM" = nvidia ]; then
+        # onnxruntime and onnxruntime-gpu share one package directory: keep only the GPU build
+        act "$venv/bin/pip" uninstall -q -y onnxruntime
+        # shellcheck disable=SC2086
+        act "$venv/bin/pip" install -q --force-reinstall --no-deps $where onnxruntime-gpu
     fi
     # switch at once (a symlink renamed over the old one), then drop the old venvs
     act ln -sfn "venv-$stamp" "$base/venv.new"
