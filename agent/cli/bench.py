@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import psutil
 
@@ -23,7 +24,8 @@ from agent.runtime import Runtime
 from engines import DetectorConfig, GpuResources, load_detector
 from engines.config import ENGINE_PRESETS
 
-STAGES = ("decode", "capture_age", "pre", "infer", "post", "store")
+STAGES = ("decode", "capture_age", "pre", "infer", "post", "result", "store")  # result: capture → detections
+RESOLUTIONS = {"360p": (640, 360), "720p": (1280, 720), "1080p": (1920, 1080)}
 
 
 def engine_fps(model_config: DetectorConfig, batch: int, seconds: float,
@@ -47,13 +49,25 @@ def engine_fps(model_config: DetectorConfig, batch: int, seconds: float,
     return batch * len(times) / sum(times), info
 
 
-def _pipeline(model_config: DetectorConfig, cameras: int, seconds: float, workdir: Path) -> dict:
-    clips = [write_clip(workdir / f"bench-{i}.mp4", seconds=10.0, seed=500 + i) for i in range(cameras)]
+def bench_clips(workdir: Path, cameras: int, resolution: str, codec: str, clip: Path | None) -> list[Path]:
+    """One clip per camera: the user's file for all, or generated moving scenes (H.264 like a camera's)."""
+    if clip is not None:
+        if not clip.is_file():
+            raise FileNotFoundError(f"no such clip: {clip}")
+        return [clip] * cameras
+    width, height = RESOLUTIONS[resolution]
+    return [write_clip(workdir / f"bench-{i}.mp4", seconds=10.0, seed=500 + i, width=width, height=height,
+                       codec=codec) for i in range(cameras)]
+
+
+def _pipeline(model_config: DetectorConfig, clips: list[Path], seconds: float, workdir: Path) -> dict:
+    cameras = len(clips)
     config = validate_config({
         "cameras": [{"name": f"cam{i}", "source": str(c), "realtime": False, "loop": True}
                     for i, c in enumerate(clips)],
         "model": model_config.model_dump(mode="json"),
         "storage": {"path": str(workdir / "data")},
+        "quality": {"mode": "fixed", "level": "high"}, "web": {"listen": None},  # the pipeline as configured
     })
     runtime = Runtime(config)
     runtime.start()
@@ -102,15 +116,22 @@ def engine_config(engine: str, threads: int = 0) -> dict:
 
 
 def run_bench(model: str, cameras: int, seconds: float, threads: int = 0, engine: str = "onnxruntime-cpu",
-              gpu: GpuResources | None = None) -> dict:
+              gpu: GpuResources | None = None, resolution: str = "720p", codec: str = "h264",
+              clip: Path | None = None) -> dict:
     model_config = DetectorConfig(path=model, engine=engine_config(engine, threads))
     fps, info = engine_fps(model_config, cameras, seconds, gpu)
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
-        pipeline = _pipeline(model_config, cameras, seconds, Path(tmp))
+        clips = bench_clips(Path(tmp), cameras, resolution, codec, clip)
+        frame = cv2.VideoCapture(str(clips[0]))
+        stream = {"clip": str(clip) if clip else f"generated {resolution} {codec}",
+                  "frame_size": [int(frame.get(cv2.CAP_PROP_FRAME_WIDTH)), int(frame.get(cv2.CAP_PROP_FRAME_HEIGHT))]}
+        frame.release()
+        pipeline = _pipeline(model_config, clips, seconds, Path(tmp))
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     pipeline_fps = pipeline.pop("pipeline_fps")
     return {
         **info,
+        **stream,
         "cameras": cameras,
         "seconds": seconds,
         "engine_fps": round(fps, 2),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from engines.config import ENGINE_PRESETS
 from engines.gpu import DEFAULT_BUDGET_MB
@@ -14,7 +15,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from engines import GpuResources
 
     report = run_bench(args.model, args.cameras, args.seconds, args.threads, args.engine,
-                       GpuResources(args.gpu_budget_mb))
+                       GpuResources(args.gpu_budget_mb), args.resolution, args.codec, args.clip)
     if args.json:
         print(json.dumps(report))
     else:
@@ -39,6 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--cameras", type=int, default=1)
     s.add_argument("--seconds", type=float, default=20.0)
     s.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: default)")
+    s.add_argument("--resolution", default="720p", choices=["360p", "720p", "1080p"],
+                   help="size of the generated clips (moving scenes)")
+    s.add_argument("--codec", default="h264", choices=["h264", "mp4v"],
+                   help="h264 as cameras send it (needs PyAV: pip install 'edge-agent[bench]'); mp4v is cheaper")
+    s.add_argument("--clip", type=Path, help="a video file of your own instead, for every camera")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_bench)
 
