@@ -334,6 +334,8 @@ class Store:
     def _run(self) -> None:
         try:
             db = self._open()
+            if db is not None:
+                self._keep_free_space(db)  # free space is known (status, metrics) by the time start() returns
         finally:
             self._ready.set()  # start() never waits for ever, whatever happened
         while db is None:
