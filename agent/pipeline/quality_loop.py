@@ -129,7 +129,7 @@ class QualityLoop:
             self.controller = QualityController(profile, levels, sla, q.mode, q.level, now)
             self.sla = SlaMonitor(profile.budgets)
         else:
-            self.controller.set_cameras(self._priorities())
+            self._sync_cameras()
             change = self.controller.configure(q.mode, q.level, sla, now)
             if change is not None:
                 self._announce(change)
@@ -139,7 +139,7 @@ class QualityLoop:
         """A config change (the `quality` command, desired config, a new model or cameras)."""
         with self._lock:
             self._configure(config)
-            wanted = self._apply()
+            wanted = self._apply(self._sync_cameras())
         self._run_model(wanted)
 
     def wanted_model(self) -> DetectorConfig | None:
@@ -150,7 +150,7 @@ class QualityLoop:
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
         with self._lock:
-            wanted = self._apply()
+            wanted = self._apply(self._sync_cameras())
         self._run_model(wanted)
         self._thread = threading.Thread(target=self._run, name="quality", daemon=True)
         self._thread.start()
@@ -168,13 +168,12 @@ class QualityLoop:
     def tick(self) -> None:
         now = time.monotonic()
         with self._lock:
-            cameras = self.host.running_cameras()
-            self.controller.set_cameras(self._priorities())
+            cameras = self._sync_cameras()
             reading = self.last_reading = self._read(cameras, now)
             change = self.controller.update(reading, now)
             if change is not None:
                 self._announce(change)
-            wanted = self._apply()
+            wanted = self._apply(cameras)
             for event in self.sla.update(self._stage_samples(cameras, now), now):
                 log.warning("%s %s", "SLA alert" if event["type"] == "raised" else "SLA alert cleared",
                             event["reason"])
@@ -236,14 +235,16 @@ class QualityLoop:
         return samples
 
     # -- knobs --------------------------------------------------------------------------
-    def _priorities(self) -> dict[str, int]:
-        return {cam.name: cam.config.priority for cam, _ in self.host.running_cameras()}
+    def _sync_cameras(self) -> list[tuple[Camera, MotionGate | None]]:
+        """The running cameras, asked once per tick; the controller's priority tiers follow them."""
+        cameras = self.host.running_cameras()
+        self.controller.set_cameras({cam.name: cam.config.priority for cam, _ in cameras})
+        return cameras
 
-    def _apply(self) -> tuple[str, str, DetectorConfig] | None:
+    def _apply(self, cameras: list[tuple[Camera, MotionGate | None]]) -> tuple[str, str, DetectorConfig] | None:
         """Turn the knobs; the model the levels want (level, variant, config), to run outside the lock."""
         ctl = self.controller
-        ctl.set_cameras(self._priorities())
-        for cam, gate in self.host.running_cameras():
+        for cam, gate in cameras:
             level = ctl.camera_level(cam.name)
             fps = level.detect_fps(cam.config.fps)
             cam.rate_cap = None if fps >= cam.config.fps else fps
