@@ -117,7 +117,8 @@ def test_a_store_that_cannot_open_still_shows_and_answers_and_catches_up_once_it
             part.rename(data / part.name)
         wait_for(lambda: runtime.store.running, what="the store to open")
         # the stored v1 first, then the newer version refused meanwhile, without waiting for a reconnect
-        wait_for(lambda: runtime.config.cameras[0].fps == 4, what="the version refused for want of storage")
+        wait_for(lambda: runtime.config.cameras[0].fps == 4 and runtime.config_service.applied_version == newer,
+                 what="the version refused for want of storage")  # applied, then recorded: wait for both
         assert runtime.config_service.applied_version == newer and runtime.problems() == []
         wait_for(lambda: (setup_report := fleet.retained(f"edge/{DEVICE}/config/reported")
                           .get(f"edge/{DEVICE}/config/reported")) and setup_report["status"] == "applied"
