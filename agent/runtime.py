@@ -214,18 +214,20 @@ class Runtime:
             self.worker.batch_cap = self._batch_cap
             self.worker.start()
 
-    def _loaded(self, detector: Detector, model: DetectorConfig) -> None:
-        """`detector`, loaded from `model`, is the one that runs from now on."""
+    def _loaded(self, detector: Detector, model: DetectorConfig, configured: DetectorConfig | None = None) -> None:
+        """`detector`, loaded from `model`, is the one that runs from now on; `configured` is the config's
+        model (default: the running config's; a config change passes its new one)."""
         self.detector, self.running_model, self.model_error = detector, model, None
-        if model == self.config.model:
+        if model == (configured or self.config.model):
             self._dynamic_size = (detector.input_h, detector.input_w) if detector.dynamic_input else None
 
-    def _swap_detector(self, detector: Detector, model: DetectorConfig) -> None:
+    def _swap_detector(self, detector: Detector, model: DetectorConfig,
+                       configured: DetectorConfig | None = None) -> None:
         """Run `detector` instead of the current one: the worker stops after its batch (frames wait in their
         slots), the new one starts; the old engine is closed once nothing runs it."""
         old = self.detector
         worker_done = self._stop_worker()
-        self._loaded(detector, model)
+        self._loaded(detector, model, configured)
         self._start_worker()
         if old is not None and worker_done:  # never free a model that is still running
             old.close()
@@ -402,7 +404,7 @@ class Runtime:
             for name in diff.cameras_to_stop:
                 self._stop_camera(name)
             if detector is not None:
-                self._swap_detector(detector, new.model)
+                self._swap_detector(detector, new.model, new.model)
             elif diff.thresholds and self.detector is not None:
                 self.detector.score_threshold = new.model.score_threshold
                 self.detector.iou_threshold = new.model.iou_threshold
