@@ -24,6 +24,7 @@ class InferenceBackend(ABC):
 
     name: str
     precision: str = "fp32"
+    concurrent_runs: int = 1  # how many `infer` calls may run at once, from as many threads
     _input: TensorSpec
     _outputs: list[TensorSpec]
     _metadata: dict[str, str]

@@ -33,6 +33,8 @@ class PreparedBatch:
 
     size: int
     letterboxes: list[Letterbox]
+    tensor: np.ndarray  # the model input: a view of buffer `buffer`, which the next preprocess into it overwrites
+    buffer: int = 0
 
 
 def file_sha256(path: Path) -> str:
@@ -44,7 +46,11 @@ def file_sha256(path: Path) -> str:
 
 
 class Detector:
-    """A loaded detection model; not thread-safe (one inference worker owns it)."""
+    """A loaded detection model, owned by one inference worker.
+
+    Not thread-safe, except `infer`: up to `concurrent_runs` calls may run at once from as many
+    threads, each on a batch prepared into its own buffer.
+    """
 
     def __init__(self, backend: InferenceBackend, config: DetectorConfig, model_path: Path,
                  model_sha256: str) -> None:
@@ -71,7 +77,10 @@ class Detector:
             path, self._output_shape(), len(names) or None, end2end, override
         )
         self.labels = pad_labels(names, num_classes)
-        self._writer = LetterboxWriter(self.max_batch, self.input_h, self.input_w)
+        # one input buffer per run in flight: a buffer is free again once its `infer` returned
+        self.concurrent_runs = max(1, backend.concurrent_runs)
+        self._writers = [LetterboxWriter(self.max_batch, self.input_h, self.input_w)
+                         for _ in range(self.concurrent_runs)]
         self.info = EngineInfo(
             backend=backend.name, model_path=path, model_sha256=model_sha256,
             input_name=backend.input.name, input_height=self.input_h, input_width=self.input_w,
@@ -91,14 +100,18 @@ class Detector:
             raise ModelLayoutError(f"{self._path}: a test run to learn the output shape failed: {exc}") from exc
         return (shape[0], *out.shape[1:])
 
-    def preprocess(self, frames: Sequence[np.ndarray]) -> PreparedBatch:
+    def preprocess(self, frames: Sequence[np.ndarray], buffer: int = 0) -> PreparedBatch:
+        """Letterbox `frames` into input buffer `buffer` (0 to concurrent_runs - 1)."""
         if not 0 < len(frames) <= self.max_batch:
             raise ValueError(f"batch of {len(frames)} frames; this model takes 1 to {self.max_batch}")
-        return PreparedBatch(len(frames), [self._writer.write(i, f) for i, f in enumerate(frames)])
+        writer = self._writers[buffer]
+        boxes = [writer.write(i, f) for i, f in enumerate(frames)]
+        tensor = writer.tensor if self.fixed_batch else writer.tensor[: len(frames)]
+        return PreparedBatch(len(frames), boxes, tensor, buffer)
 
     def input_tensor(self, prepared: PreparedBatch) -> np.ndarray:
-        """The model input for `prepared` (a view of the buffer the next `preprocess` overwrites)."""
-        return self._writer.tensor if self.fixed_batch else self._writer.tensor[: prepared.size]
+        """The model input for `prepared` (a view of the buffer the next `preprocess` into it overwrites)."""
+        return prepared.tensor
 
     def infer(self, prepared: PreparedBatch) -> list[np.ndarray]:
         return self.backend.infer(self.input_tensor(prepared))

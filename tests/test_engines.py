@@ -165,3 +165,29 @@ def test_demo_model_is_packaged_with_ultralytics_style_metadata() -> None:
     assert det.info.layout == "yolov8"
     assert det.labels == ["circle", "square", "triangle", "star", "cross"]
     assert Path(det.info.model_path).stat().st_size <= 5 * 1024 * 1024
+
+
+def test_run_plan_splits_the_cores_between_concurrent_runs_on_cpu_only() -> None:
+    from engines.config import OnnxRuntimeConfig
+    from engines.onnxruntime.backend import run_plan
+
+    cpu = OnnxRuntimeConfig()
+    assert run_plan(cpu, cores=2) == (2, 1)  # two frames at once, one thread each
+    assert run_plan(cpu, cores=8) == (2, 4)
+    assert run_plan(cpu, cores=1) == (1, 1)
+    assert run_plan(OnnxRuntimeConfig(concurrent_runs=1), cores=4) == (1, 4)  # one run over every core
+    assert run_plan(OnnxRuntimeConfig(concurrent_runs=3, intra_op_threads=2), cores=2) == (3, 2)  # as set
+    gpu = OnnxRuntimeConfig(providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert run_plan(gpu, cores=8) == (1, 0)  # the device serialises runs; ONNX Runtime picks its CPU threads
+
+
+def test_each_run_in_flight_letterboxes_into_its_own_buffer(tmp_path: Path) -> None:
+    model = make_constant_model(tmp_path / "m.onnx", yolov8_output([(0, 0.9, (10, 10, 50, 50))], 2))
+    det = load_detector(DetectorConfig(path=str(model), engine={"concurrent_runs": 2}))
+    first = det.preprocess([np.full((64, 64, 3), 10, np.uint8)], buffer=0)
+    before = first.tensor.copy()
+    second = det.preprocess([np.full((64, 64, 3), 200, np.uint8)], buffer=1)
+    assert np.array_equal(first.tensor, before)  # the second frame did not overwrite the first's input
+    assert not np.array_equal(second.tensor, before)
+    assert [len(r) for r in (det.postprocess(first, det.infer(first)), det.postprocess(second, det.infer(second)))] \
+        == [1, 1]

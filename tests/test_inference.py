@@ -147,10 +147,10 @@ class FailsForSmallFrames:
     def __getattr__(self, name: str):
         return getattr(self._real, name)
 
-    def preprocess(self, images):
+    def preprocess(self, images, buffer=0):
         if any(image.shape[1] == 320 for image in images):
             raise ValueError("cannot letterbox this frame")
-        return self._real.preprocess(images)
+        return self._real.preprocess(images, buffer)
 
 
 def test_a_camera_whose_frames_break_inference_is_kept_apart_and_the_others_go_on(
@@ -179,3 +179,61 @@ def test_a_camera_whose_frames_break_inference_is_kept_apart_and_the_others_go_o
         assert status["inference_errors"] < 20  # tried alone, less and less often: not once per batch
     finally:
         runtime.stop()
+
+
+class OverlapProbe:
+    """A real detector whose first run cannot finish before the second one has: shows runs overlap."""
+
+    def __init__(self, real) -> None:
+        self._real = real
+        self.second_done = threading.Event()
+        self.overlapped: bool | None = None
+        self._calls = 0
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str):
+        return getattr(self._real, name)
+
+    def infer(self, prepared):
+        with self._lock:
+            self._calls += 1
+            call = self._calls
+        outputs = self._real.infer(prepared)
+        if call == 1:
+            self.overlapped = self.second_done.wait(timeout=10)  # a worker that runs one at a time never gets here
+        elif call == 2:
+            self.second_done.set()
+        return outputs
+
+
+def test_two_runs_in_flight_overlap_and_still_reach_the_store_in_frame_order(tmp_path: Path) -> None:
+    model = make_constant_model(tmp_path / "m.onnx", yolov8_output([(0, 0.9, (10, 10, 50, 50))], 2))
+    real = load_detector(DetectorConfig(path=str(model),
+                                        engine={"type": "onnxruntime", "concurrent_runs": 2, "intra_op_threads": 1}))
+    assert real.concurrent_runs == 2
+    probe = OverlapProbe(real)
+    wake = threading.Event()
+    slot = FrameSlot(blocking=True, wake=wake)  # an unpaced file: every frame, none dropped
+    sunk: list[int] = []
+    worker = InferenceWorker(probe, lambda: [slot], lambda f, d: sunk.append(f.number), PipelineMetrics(), wake)
+    worker.start()
+    try:
+        for n in range(6):
+            assert slot.put(Frame("cam0", n, np.full((64, 64, 3), n, np.uint8), 0, time.monotonic()))
+        wait_for(lambda: len(sunk) == 6, what="every frame through")
+    finally:
+        worker.stop()
+        worker.join(5)
+    assert probe.overlapped is True  # frame 1 was inferred while frame 0 still was
+    assert sunk == [0, 1, 2, 3, 4, 5]  # frame 0 finished last of the two, yet was stored first
+    assert worker.errors == 0
+
+
+def test_stopping_the_worker_stores_what_is_in_flight(tmp_path: Path) -> None:
+    worker, slots, sunk, _ = worker_for(tmp_path, cameras=2, max_batch=1, dynamic=False)
+    fill(slots, 3)
+    worker.start()
+    wait_for(lambda: len(sunk) == 2, what="both frames through")
+    worker.stop()
+    assert worker.join(5)
+    assert sorted(f.camera for f, _ in sunk) == ["cam0", "cam1"]

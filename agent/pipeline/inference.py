@@ -8,6 +8,12 @@ before every camera was visited the next batch starts where this one stopped:
 no camera starves. Frames go through pre → infer → post, and the detections
 are handed to the store.
 
+Up to the detector's `concurrent_runs` batches are in flight: this thread
+letterboxes a batch into a free input buffer and hands `infer` to a run thread,
+then collects the next batch while the first infers. Results are taken in the
+order the batches went out, so each camera's detections reach the store in
+frame order.
+
 Inference that fails is retried with a growing wait (never a hot loop); after
 RELOAD_AFTER failures in a row the engine is reloaded from its config (a GPU
 context or session gone bad comes back that way), and each camera whose frames
@@ -22,13 +28,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+
+import numpy as np
 
 from agent.backoff import Backoff
 from agent.capture.frames import Frame, FrameSlot
 from agent.pipeline.metrics import PipelineMetrics
 from agent.pipeline.motion import MotionGate
 from engines import Detection, Detector
+from engines.detector import PreparedBatch
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +52,26 @@ Reload = Callable[[Detector | None], Detector | None]
 RELOAD_AFTER = 5  # failures in a row before the engine is reloaded
 
 
+@dataclass
+class _InFlight:
+    """A batch whose `infer` runs on a run thread; the future gives (outputs, infer start, infer end)."""
+
+    batch: list[Frame]
+    prepared: PreparedBatch
+    detector: Detector
+    started: float  # monotonic, before pre-processing
+    pre_ms: float
+    future: Future[tuple[list[np.ndarray], float, float]]
+
+
+def _timed_infer(detector: Detector, prepared: PreparedBatch) -> tuple[list[np.ndarray], float, float]:
+    t1 = time.monotonic()
+    outputs = detector.infer(prepared)
+    return outputs, t1, time.monotonic()
+
+
 class InferenceWorker:
-    """One worker thread per detector."""
+    """One worker thread per detector, and a run thread per batch it may have in flight."""
 
     def __init__(self, detector: Detector | None, slots: Callable[[], list[FrameSlot]], sink: Sink,
                  metrics: PipelineMetrics, wake: threading.Event, reload: Reload | None = None,
@@ -64,6 +95,9 @@ class InferenceWorker:
         self._quarantine: dict[str, tuple[float, Backoff]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+        self._in_flight: deque[_InFlight] = deque()  # bounded by the detector's concurrent_runs
+        self._runs: ThreadPoolExecutor | None = None
+        self._runs_size = 0
         self._next = 0
         self.batches = 0
         self.errors = 0
@@ -106,25 +140,91 @@ class InferenceWorker:
         return gate is None or gate.admit(frame.image, now)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            self.heartbeat = time.monotonic()
-            if self.detector is None:  # a reload closed the failing engine and could not load a new one
-                self._stop.wait(self._backoff.next_delay())
-                if not self._stop.is_set():
-                    self._reload_engine()
-                continue
-            self._wake.clear()
-            batch = self.collect()
-            if not batch:
+        try:
+            while not self._stop.is_set():
+                self.heartbeat = time.monotonic()
+                if self.detector is None:  # a reload closed the failing engine and could not load a new one
+                    self._stop.wait(self._backoff.next_delay())
+                    if not self._stop.is_set():
+                        self._reload_engine()
+                    continue
+                self._wake.clear()  # before looking: a frame or a finished run after this wakes the wait
+                if self._complete_finished():
+                    continue
+                if len(self._in_flight) < self.detector.concurrent_runs and (batch := self.collect()):
+                    self._dispatch(batch)
+                    continue
                 self._wake.wait(0.2)
-                continue
-            now = time.monotonic()
-            healthy = [f for f in batch if f.camera not in self._quarantine]
-            if healthy:
-                self._run_batch(healthy)
-            for frame in batch:
-                if frame.camera in self._quarantine:
-                    self._retry_alone(frame, now)
+        finally:
+            self._drain()  # what is in flight still reaches the store
+            if self._runs is not None:
+                self._runs.shutdown(wait=True)
+
+    def _dispatch(self, batch: list[Frame]) -> None:
+        """Letterbox the healthy frames into a free buffer and start their run; quarantined ones alone."""
+        now = time.monotonic()
+        healthy = [f for f in batch if f.camera not in self._quarantine]
+        if healthy:
+            self._start_run(healthy)
+        alone = [f for f in batch if f.camera in self._quarantine]
+        if alone:
+            self._drain()  # tried synchronously: no run may hold the buffer it uses
+            for frame in alone:
+                self._retry_alone(frame, now)
+
+    def _start_run(self, batch: list[Frame]) -> None:
+        det = self.detector
+        runs = det.concurrent_runs
+        if self._runs is None or self._runs_size != runs:  # first batch, or a reload changed the engine
+            self._drain()
+            if self._runs is not None:
+                self._runs.shutdown(wait=True)
+            self._runs, self._runs_size = ThreadPoolExecutor(runs, thread_name_prefix="inference-run"), runs
+        busy = {item.prepared.buffer for item in self._in_flight}
+        buffer = next(b for b in range(runs) if b not in busy)
+        started = time.monotonic()
+        try:
+            prepared = det.preprocess([f.image for f in batch], buffer)
+        except Exception:  # the synchronous path retries, isolates and reports it
+            self._drain()
+            self._run_batch(batch)
+            return
+        pre_ms = (time.monotonic() - started) * 1000
+        future = self._runs.submit(_timed_infer, det, prepared)
+        future.add_done_callback(lambda _: self._wake.set())
+        self._in_flight.append(_InFlight(batch, prepared, det, started, pre_ms, future))
+
+    def _complete_finished(self) -> bool:
+        """Finish the oldest runs that are done, in the order they went out; True if any was."""
+        finished = False
+        while self._in_flight and self._in_flight[0].future.done():
+            self._complete(self._in_flight.popleft())
+            finished = True
+        return finished
+
+    def _drain(self) -> None:
+        """Wait for every run in flight and finish them all, in order."""
+        wait_futures([item.future for item in self._in_flight])
+        while self._in_flight:
+            self._complete(self._in_flight.popleft())
+
+    def _complete(self, item: _InFlight) -> None:
+        try:
+            outputs, t1, t2 = item.future.result()
+            post_start = time.monotonic()
+            results = item.detector.postprocess(item.prepared, outputs)
+        except Exception as exc:
+            # the later runs must finish before the synchronous retry reuses their buffers
+            wait_futures([later.future for later in self._in_flight])
+            if len(item.batch) == 1 or not self._isolate(item.batch):
+                self._engine_failed(item.batch, exc)
+            return
+        self._engine_ok()
+        for frame in item.batch:
+            self.degraded.pop(frame.camera, None)
+        done = time.monotonic()
+        self._deliver(item.batch, results, item.started, done, {
+            "pre": item.pre_ms, "infer": (t2 - t1) * 1000, "post": (done - post_start) * 1000})
 
     def _run_batch(self, batch: list[Frame]) -> None:
         try:
@@ -218,6 +318,7 @@ class InferenceWorker:
             self.reload_error = None
 
     def process(self, batch: list[Frame]) -> None:
+        """All three stages on this thread, in buffer 0: only while no run is in flight."""
         det = self.detector
         t0 = time.monotonic()
         prepared = det.preprocess([f.image for f in batch])
@@ -226,8 +327,13 @@ class InferenceWorker:
         t2 = time.monotonic()
         results = det.postprocess(prepared, outputs)
         t3 = time.monotonic()
+        self._deliver(batch, results, t0, t3, {"pre": (t1 - t0) * 1000, "infer": (t2 - t1) * 1000,
+                                               "post": (t3 - t2) * 1000})
+
+    def _deliver(self, batch: list[Frame], results: list[list[Detection]], t0: float, t3: float,
+                 timings: dict[str, float]) -> None:
+        """Hand each frame's detections to the sink and record its stage times (t0: before pre, t3: done)."""
         self.batches += 1
-        timings = {"pre": (t1 - t0) * 1000, "infer": (t2 - t1) * 1000, "post": (t3 - t2) * 1000}
         for frame, detections in zip(batch, results):
             self._sink(frame, detections)
             if detections and (gate := self._gates(frame.camera)) is not None:

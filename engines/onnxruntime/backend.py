@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -18,6 +19,26 @@ from engines.optimize.dfl_rewrite import rewrite_dfl
 from engines.optimize.quantize import QUANTIZATION_KEY
 
 log = logging.getLogger(__name__)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (a container's cpuset, taskset), not all the machine has."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def run_plan(config: OnnxRuntimeConfig, cores: int) -> tuple[int, int]:
+    """(concurrent runs, intra-op threads per run) for the config's auto values (0) on `cores` cores.
+
+    CPU only: two runs of one frame each, the cores split between them. A GPU provider keeps one
+    run (the device serialises them anyway) and ONNX Runtime's own thread default for the CPU parts.
+    """
+    on_cpu = config.providers == ["CPUExecutionProvider"]
+    runs = config.concurrent_runs or (min(2, cores) if on_cpu else 1)
+    threads = config.intra_op_threads or (max(1, cores // runs) if on_cpu else 0)
+    return runs, threads
 
 
 def _first_line(exc: BaseException) -> str:
@@ -63,7 +84,8 @@ class OnnxRuntimeBackend(InferenceBackend):
                                      "a GPU needs onnxruntime-gpu")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = config.intra_op_threads
+        self.concurrent_runs, threads = run_plan(config, usable_cores())
+        options.intra_op_num_threads = threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.allow_spinning else "0")
         options.log_severity_level = 3
         if not path.is_file():
