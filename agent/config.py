@@ -78,6 +78,13 @@ class CameraConfig(_Strict):
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
     hw_decode: Literal["none", "jetson"] = "none"  # rtsp:// through nvv4l2decoder
     codec: Literal["h264", "h265"] = "h264"
+    # Files and network streams: PyAV decodes straight to the size the model needs (no full-size BGR frame);
+    # opencv: OpenCV's FFmpeg reader. auto: PyAV where it is installed.
+    decoder: Literal["auto", "pyav", "opencv"] = "auto"
+    decode_size: Literal["model", "full"] = Field(
+        "model", description="model: frames kept at the size the model input needs, at least 640 px wide "
+        "(page, snapshots); full: the stream's own size")
+    decode_threads: int = Field(1, ge=0, le=16, description="PyAV decoder threads per camera (0: FFmpeg picks)")
     priority: int = Field(0, ge=-100, le=100, description="higher: degraded last, shed last")
     motion: MotionConfig = Field(default_factory=MotionConfig)
 

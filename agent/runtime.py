@@ -196,6 +196,11 @@ class Runtime:
             self.last_detection[frame.camera] = (frame.wall_ms, sorted({d.label for d in detections}))
         self.store.submit(frame.camera, frame.number, frame.wall_ms, detections)
 
+    def _model_input(self) -> tuple[int, int] | None:
+        """(width, height) of the running engine's input: the size cameras decode for."""
+        detector = self.detector
+        return None if detector is None else (detector.input_w, detector.input_h)
+
     def _slots(self) -> list[FrameSlot]:
         return [cam.slot for cam in list(self.cameras.values())]
 
@@ -266,7 +271,7 @@ class Runtime:
     def _start_camera(self, cam_config: CameraConfig) -> None:
         source = cam_config.parsed_source
         slot = FrameSlot(blocking=source.is_file and not cam_config.realtime, wake=self._wake)
-        camera = Camera(cam_config, slot, self.data_dir)
+        camera = Camera(cam_config, slot, self.data_dir, model_input=self._model_input)
         self.gates[cam_config.name] = MotionGate(cam_config.motion, cam_config.motion_gated)
         self.cameras[cam_config.name] = camera
         camera.start()

@@ -7,6 +7,7 @@ NMS. The three stages are separate methods so the pipeline can time each one.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from engines.letterbox import Letterbox, LetterboxWriter
 from engines.model_input import model_input_size
 from engines.nms import nms
 from engines.onnxruntime.backend import OnnxRuntimeBackend
+from engines.optimize.quantize import ACCURACY_KEY
 from engines.types import Detection, EngineInfo
 
 
@@ -35,6 +37,18 @@ class PreparedBatch:
     letterboxes: list[Letterbox]
     tensor: np.ndarray  # the model input: a view of buffer `buffer`, which the next preprocess into it overwrites
     buffer: int = 0
+
+
+def _accuracy_gate(meta: dict[str, str]) -> dict | None:
+    """The accuracy verdict `models quantize` stamped into the model, if any (a malformed one says so)."""
+    raw = meta.get(ACCURACY_KEY)
+    if raw is None:
+        return None
+    try:
+        verdict = json.loads(raw)
+        return {"verified": verdict["verified"] is True, "summary": str(verdict.get("summary", ""))}
+    except (ValueError, KeyError, TypeError):
+        return {"verified": False, "summary": "unreadable accuracy record in the model's metadata"}
 
 
 def file_sha256(path: Path) -> str:
@@ -86,6 +100,7 @@ class Detector:
             input_name=backend.input.name, input_height=self.input_h, input_width=self.input_w,
             max_batch=self.max_batch, layout=self.layout.value, labels=tuple(self.labels),
             precision=backend.precision, providers=backend.providers,
+            accuracy_gate=_accuracy_gate(meta),
         )
 
     def _output_shape(self) -> tuple:
@@ -100,12 +115,18 @@ class Detector:
             raise ModelLayoutError(f"{self._path}: a test run to learn the output shape failed: {exc}") from exc
         return (shape[0], *out.shape[1:])
 
-    def preprocess(self, frames: Sequence[np.ndarray], buffer: int = 0) -> PreparedBatch:
-        """Letterbox `frames` into input buffer `buffer` (0 to concurrent_runs - 1)."""
+    def preprocess(self, frames: Sequence[np.ndarray], buffer: int = 0,
+                   source_sizes: Sequence[tuple[int, int] | None] | None = None) -> PreparedBatch:
+        """Letterbox `frames` into input buffer `buffer` (0 to concurrent_runs - 1).
+
+        `source_sizes`: per frame, the stream's (width, height) if it was decoded smaller; boxes come
+        back in those pixels.
+        """
         if not 0 < len(frames) <= self.max_batch:
             raise ValueError(f"batch of {len(frames)} frames; this model takes 1 to {self.max_batch}")
         writer = self._writers[buffer]
-        boxes = [writer.write(i, f) for i, f in enumerate(frames)]
+        sizes = source_sizes or [None] * len(frames)
+        boxes = [writer.write(i, f, size) for i, (f, size) in enumerate(zip(frames, sizes))]
         tensor = writer.tensor if self.fixed_batch else writer.tensor[: len(frames)]
         return PreparedBatch(len(frames), boxes, tensor, buffer)
 

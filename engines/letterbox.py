@@ -64,10 +64,15 @@ class LetterboxWriter:
             buf = self._resized[key] = np.empty((new_h, new_w, 3), np.uint8)
         return buf
 
-    def write(self, slot: int, frame: np.ndarray) -> Letterbox:
-        """Letterbox a BGR uint8 frame into batch slot `slot`."""
+    def write(self, slot: int, frame: np.ndarray, source_size: tuple[int, int] | None = None) -> Letterbox:
+        """Letterbox a BGR uint8 frame into batch slot `slot`.
+
+        `source_size`: the (width, height) the frame stands for when it was decoded smaller than its
+        stream; the placement, and so the boxes mapped back, are in those pixels.
+        """
         h, w = frame.shape[:2]
-        box, new_w, new_h = fit(w, h, self.input_w, self.input_h)
+        source_w, source_h = source_size or (w, h)
+        box, new_w, new_h = fit(source_w, source_h, self.input_w, self.input_h)
         x0, y0 = round(box.pad_x - 0.1), round(box.pad_y - 0.1)
         canvas = self._canvas
         if (new_w, new_h) == (self.input_w, self.input_h):
@@ -83,4 +88,4 @@ class LetterboxWriter:
             canvas[y0 : y0 + new_h, x0 : x0 + new_w] = resized
         # BGR HWC uint8 -> RGB CHW float32 in [0, 1], written in place.
         np.multiply(canvas[..., ::-1].transpose(2, 0, 1), np.float32(1 / 255), out=self.tensor[slot])
-        return Letterbox(box.scale, float(x0), float(y0), w, h)
+        return Letterbox(box.scale, float(x0), float(y0), source_w, source_h)

@@ -147,10 +147,10 @@ class FailsForSmallFrames:
     def __getattr__(self, name: str):
         return getattr(self._real, name)
 
-    def preprocess(self, images, buffer=0):
+    def preprocess(self, images, buffer=0, source_sizes=None):
         if any(image.shape[1] == 320 for image in images):
             raise ValueError("cannot letterbox this frame")
-        return self._real.preprocess(images, buffer)
+        return self._real.preprocess(images, buffer, source_sizes)
 
 
 def test_a_camera_whose_frames_break_inference_is_kept_apart_and_the_others_go_on(

@@ -25,7 +25,9 @@ import cv2
 import numpy as np
 
 from agent.backoff import Backoff
+from agent.capture import pyav_reader
 from agent.capture.frames import Frame, FrameSlot
+from agent.capture.pyav_reader import PyAvReader, SizeFor, working_size
 from agent.capture.sources import (
     Source,
     SourceError,
@@ -78,17 +80,31 @@ class CameraStats:
     outage_s: float  # time not running since start (connecting, reconnecting, stalled), in seconds
 
 
-Opener = Callable[[Source, CameraConfig], cv2.VideoCapture]
+Opener = Callable[[Source, CameraConfig], "cv2.VideoCapture | PyAvReader"]
 
 
-def open_capture(source: Source, cam: CameraConfig, data_dir: Path) -> cv2.VideoCapture:
-    """Open a source with the right OpenCV backend; raises SourceError."""
+def _uses_pyav(source: Source, cam: CameraConfig) -> bool:
+    if source.kind not in (SourceKind.FILE, SourceKind.DEMO, SourceKind.NETWORK) or cam.hw_decode != "none":
+        return False
+    if cam.decoder == "pyav" and not pyav_reader.available():
+        raise SourceUnsupported("decoder: pyav needs PyAV (pip install av)")
+    return cam.decoder == "pyav" or (cam.decoder == "auto" and pyav_reader.available())
+
+
+def open_capture(source: Source, cam: CameraConfig, data_dir: Path,
+                 size_for: SizeFor | None = None) -> cv2.VideoCapture | PyAvReader:
+    """Open a source with the right reader; raises SourceError. `size_for` (PyAV only) gives the size
+    to decode each frame to, from the stream's."""
     timeout_ms = int(cam.no_frame_timeout_s * 1000)
+    pyav = _uses_pyav(source, cam)
+    size_for = size_for or (lambda w, h: (w, h))
     if source.kind in (SourceKind.FILE, SourceKind.DEMO):
         path = ensure_demo_clip(data_dir, int(source.value)) if source.kind is SourceKind.DEMO \
             else Path(str(source.value)).expanduser()
         if not path.is_file():
             raise SourceError(f"file not found: {path}")
+        if pyav:
+            return PyAvReader(str(path), describe(source), size_for, cam.decode_threads, cam.no_frame_timeout_s)
         cap = cv2.VideoCapture(str(path))
     elif source.kind is SourceKind.V4L2:
         cap = cv2.VideoCapture(source.value, cv2.CAP_V4L2)
@@ -101,6 +117,10 @@ def open_capture(source: Source, cam: CameraConfig, data_dir: Path) -> cv2.Video
         require_gstreamer("hardware-decoded RTSP (hw_decode: jetson)")
         pipeline = jetson_rtsp_pipeline(str(source.value), cam.codec, timeout_s=cam.no_frame_timeout_s)
         cap = cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER)
+    elif source.kind is SourceKind.NETWORK and pyav:
+        url = str(source.value)
+        options = {"rtsp_transport": "tcp"} if url.lower().startswith(("rtsp://", "rtsps://")) else {}
+        return PyAvReader(url, describe(source), size_for, cam.decode_threads, cam.no_frame_timeout_s, options)
     elif source.kind is SourceKind.NETWORK:
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
         cap = cv2.VideoCapture(str(source.value), cv2.CAP_FFMPEG, params)
@@ -132,12 +152,13 @@ class Camera:
     """Captures one source into its FrameSlot until stopped."""
 
     def __init__(self, config: CameraConfig, slot: FrameSlot, data_dir: Path,
-                 opener: Opener | None = None) -> None:
+                 opener: Opener | None = None,
+                 model_input: Callable[[], tuple[int, int] | None] = lambda: None) -> None:
         self.config = config
         self.name = config.name
         self.slot = slot
         self._source = config.parsed_source
-        self._open: Opener = opener or (lambda s, c: open_capture(s, c, data_dir))
+        self._open: Opener = opener or (lambda s, c: open_capture(s, c, data_dir, self._decode_size))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"camera-{self.name}", daemon=True)
         self._backoff = Backoff(config.reconnect.initial_s, config.reconnect.max_s)
@@ -152,6 +173,7 @@ class Camera:
         self._last_frame: float | None = None
         self.latest: Frame | None = None  # newest frame handed to inference, for snapshots
         self.rate_cap: float | None = None  # fps the quality level allows (agent.pipeline.quality_loop)
+        self._model_input = model_input  # (width, height) of the running engine's input, None: no engine
         self.source_gone = False  # a probe found the source absent during the current wait
         self._outage_total = 0.0
         self._down_since: float | None = time.monotonic()  # not running yet: counts as an outage
@@ -262,6 +284,13 @@ class Camera:
         finally:
             cap.release()
 
+    def _decode_size(self, width: int, height: int) -> tuple[int, int]:
+        """What PyAV decodes a width×height frame to: just what the model input needs (decode_size: model)."""
+        model_input = self._model_input()
+        if self.config.decode_size == "full" or model_input is None:
+            return width, height
+        return working_size(width, height, *model_input)
+
     @property
     def detect_fps(self) -> float:
         """Frames per second handed to inference: the camera's fps, or less under the quality level's cap."""
@@ -282,6 +311,8 @@ class Camera:
                 if is_file and delivered:
                     return _End.FILE_END
                 self.last_error = "file delivered no frames" if is_file else "source stopped delivering frames"
+                if reason := getattr(cap, "error", None):
+                    self.last_error += f" ({reason})"
                 return _End.ERROR
             delivered += 1
             self._last_frame = now
@@ -303,7 +334,10 @@ class Camera:
             if paced and now < next_due - period * 0.1:
                 self.frames_skipped += 1  # faster than the target (or the quality level's) fps
             else:
-                frame = Frame(self.name, self._next_number, image, int(time.time() * 1000), now)
+                source_size = getattr(cap, "source_size", None)  # PyAV: the stream's size, the image smaller
+                if source_size == (image.shape[1], image.shape[0]):
+                    source_size = None
+                frame = Frame(self.name, self._next_number, image, int(time.time() * 1000), now, source_size)
                 self._next_number += 1
                 self.latest = frame  # a reference, no copy: every read allocates a new image
                 if not self.slot.put(frame):

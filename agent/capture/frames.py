@@ -17,9 +17,15 @@ import numpy as np
 class Frame:
     camera: str
     number: int  # per camera, counted from agent start
-    image: np.ndarray  # BGR uint8
+    image: np.ndarray  # BGR uint8, possibly smaller than the stream (decode_size: model)
     wall_ms: int  # capture time, UTC milliseconds
     mono: float  # capture time, time.monotonic()
+    source_size: tuple[int, int] | None = None  # the stream's (width, height) when `image` was decoded smaller
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the stream: what detection boxes are measured in."""
+        return self.source_size or (self.image.shape[1], self.image.shape[0])
 
 
 class FrameSlot:

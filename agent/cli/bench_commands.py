@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--resolution", default="720p", choices=["360p", "720p", "1080p"],
                    help="size of the generated clips (moving scenes)")
     s.add_argument("--codec", default="h264", choices=["h264", "mp4v"],
-                   help="h264 as cameras send it (needs PyAV: pip install 'edge-agent[bench]'); mp4v is cheaper")
+                   help="h264 as cameras send it; mp4v is cheaper to decode")
     s.add_argument("--clip", type=Path, help="a video file of your own instead, for every camera")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_bench)

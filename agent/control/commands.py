@@ -158,9 +158,11 @@ class Commands:
             jpeg, scale = encode_capped(frame.image, cap, args.quality)
         except SnapshotTooLarge as exc:
             raise CommandError("too_large", str(exc)) from None
+        width, height = frame.size  # the stream's: what detection boxes are in (the frame may be smaller)
+        scale *= frame.image.shape[1] / width
         return {
             "camera": args.camera, "frame": frame.number, "ts_ms": frame.wall_ms,
-            "width": frame.image.shape[1], "height": frame.image.shape[0], "scale": round(scale, 4),
+            "width": width, "height": height, "scale": round(scale, 4),
             "detections_frame": number, "detections": found, "detections_total": len(detections),
             "jpeg_base64": base64.b64encode(jpeg).decode("ascii"), "jpeg_bytes": len(jpeg),
         }

@@ -48,13 +48,13 @@ class _OpenCvWriter:
 
 class _H264Writer:
     """H.264 main profile through PyAV's bundled libx264, as real cameras send it (pip's OpenCV cannot
-    encode H.264). PyAV is an optional dependency: `pip install 'edge-agent[bench]'`."""
+    encode H.264)."""
 
     def __init__(self, path: Path, fps: float, width: int, height: int, bitrate: int) -> None:
         try:
             import av
         except ImportError:
-            raise ClipWriteError("H.264 clips need PyAV: pip install 'edge-agent[bench]'") from None
+            raise ClipWriteError("H.264 clips need PyAV: pip install av") from None
         self._container = av.open(str(path), "w", format="mp4")
         self._stream = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         self._stream.width, self._stream.height = width, height

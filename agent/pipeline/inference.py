@@ -184,7 +184,7 @@ class InferenceWorker:
         buffer = next(b for b in range(runs) if b not in busy)
         started = time.monotonic()
         try:
-            prepared = det.preprocess([f.image for f in batch], buffer)
+            prepared = det.preprocess([f.image for f in batch], buffer, [f.source_size for f in batch])
         except Exception:  # the synchronous path retries, isolates and reports it
             self._drain()
             self._run_batch(batch)
@@ -321,7 +321,7 @@ class InferenceWorker:
         """All three stages on this thread, in buffer 0: only while no run is in flight."""
         det = self.detector
         t0 = time.monotonic()
-        prepared = det.preprocess([f.image for f in batch])
+        prepared = det.preprocess([f.image for f in batch], 0, [f.source_size for f in batch])
         t1 = time.monotonic()
         outputs = det.infer(prepared)
         t2 = time.monotonic()

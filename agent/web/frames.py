@@ -25,8 +25,9 @@ def annotate(view: CameraView) -> np.ndarray:
     assert view.frame is not None
     image = view.frame.image.copy()
     scale = max(1.0, image.shape[1] / 960)
+    to_image = image.shape[1] / view.frame.size[0]  # boxes are in stream pixels; the frame may be smaller
     for det in view.detections:
-        x1, y1, x2, y2 = (round(v) for v in det.box)
+        x1, y1, x2, y2 = (round(v * to_image) for v in det.box)
         colour = COLOURS[det.class_id % len(COLOURS)]
         cv2.rectangle(image, (x1, y1), (x2, y2), colour, max(1, round(2 * scale)))
         text = f"{det.label} {det.score:.2f}"
