@@ -34,3 +34,5 @@ class EngineInfo:
     labels: tuple[str, ...]
     precision: str
     providers: tuple[str, ...]
+    # an INT8 model's accuracy check: {"verified": bool, "summary": str}; None: no check on record (FP32)
+    accuracy_gate: dict | None = None

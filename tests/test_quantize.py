@@ -128,6 +128,7 @@ def test_demo_int8_keeps_head_float_and_is_accepted_on_ground_truth(calib_clip: 
     assert [n.name for n in graph.node if n.op_type == "Sigmoid"] == ["/Sigmoid"]  # the float head's scores
     int8 = load_detector(DetectorConfig(path=str(out)))
     assert int8.info.precision == "int8" and "edge_agent_quantization" in int8.backend.metadata
+    assert int8.info.accuracy_gate == {"verified": True, "summary": result.gate.summary()}
     fp32 = load_detector(DetectorConfig())
     held = frames.holdout[:8]
     agreement = against_fp32(predictions(fp32, held), predictions(int8, held), fp32.score_threshold)
@@ -170,9 +171,9 @@ def test_a_model_calibrated_on_the_wrong_scene_is_refused_and_not_written(calib_
 def test_gate_figures_and_refusals() -> None:
     box = (10.0, 10.0, 50.0, 50.0)
     miss = (200.0, 200.0, 240.0, 240.0)
-    truths = [[(0, box)], [(1, box)]]
-    perfect = [[(0, 0.9, box)], [(1, 0.9, box)]]
-    half = [[(0, 0.9, box)], [(1, 0.9, miss)]]
+    truths = [[(0, box)], [(1, box)]] * 6
+    perfect = [[(0, 0.9, box)], [(1, 0.9, box)]] * 6
+    half = [[(0, 0.9, box)], [(1, 0.9, miss)]] * 6
     ok = against_ground_truth(perfect, perfect, truths, 1.0)
     assert ok.passed and ok.drop_points == 0.0
     bad = against_ground_truth(perfect, half, truths, 1.0)
@@ -180,10 +181,17 @@ def test_gate_figures_and_refusals() -> None:
     assert "REFUSED" in bad.summary() and "+50.00 points" in bad.summary()
     agree = against_fp32(perfect, half, 0.5, 0.9)
     assert not agree.passed and agree.agreement_map50 == pytest.approx(0.5)
-    low = [[(0, 0.2, box)], [(1, 0.2, box)]]  # FP32 finds nothing at its operating threshold
+    low = [[(0, 0.2, box)], [(1, 0.2, box)]] * 6  # FP32 finds nothing at its operating threshold
     empty = against_fp32(low, perfect, 0.5, 0.9)
     assert not empty.passed and "detected nothing" in empty.reason
+    few = against_fp32(perfect[:3], perfect[:3], 0.5, 0.9)  # 3 objects: an agreement of 1.0 would mean nothing
+    assert not few.passed and "only 3 objects" in few.reason
     assert not against_ground_truth(perfect, perfect, [[], []], 1.0).passed
+    # the truth is of classes the model does not know: 0.000 against 0.000 is no "drop of 0 points"
+    foreign = [[(c + 40, b) for c, b in frame] for frame in truths]
+    vacuous = against_ground_truth(perfect, perfect, foreign, 1.0)
+    assert not vacuous.passed and vacuous.fp32_map50 == 0.0 and "does not fit this model" in vacuous.reason
+    assert "REFUSED" in vacuous.summary()
 
 
 def test_quantization_without_enough_calibration_data_is_refused(tmp_path: Path) -> None:
@@ -229,3 +237,26 @@ def test_cli_quantize_prints_the_figure_and_exit_codes(calib_clip: Path, tmp_pat
     code = main(["models", "quantize", "--model", "demo", "--calib", str(tmp_path / "missing"),
                  "--out", str(tmp_path / "no.onnx")])
     assert code == 2 and "not a folder, a video file or a configured camera" in capsys.readouterr().err
+
+
+def test_no_gate_writes_a_refused_model_marked_unverified_and_status_says_so(calib_clip: Path, tmp_path: Path) -> None:
+    from agent.runtime import Runtime
+
+    frames = sample_frames(str(calib_clip), 16, 16, validate_config({}))
+    assert frames.holdout_truth is not None
+    # an operator's own model on the demo clip: its truth is of classes the model does not have
+    frames.holdout_truth = [[(c + 40, box) for c, box in objects] for objects in frames.holdout_truth]
+    out = tmp_path / "foreign.int8.onnx"
+    refused = quantize_with_gate(DetectorConfig(), frames, out, "cpu", "minmax", 1.0, 0.9)
+    assert not refused.gate.passed and "does not fit" in refused.gate.reason and not out.exists()
+    forced = quantize_with_gate(DetectorConfig(), frames, out, "cpu", "minmax", 1.0, 0.9, gate_required=False)
+    assert forced.written == out and not forced.gate.passed
+    runtime = Runtime(validate_config({"cameras": [], "model": {"path": str(out)},
+                                       "storage": {"path": str(tmp_path / "data")}, "web": {"listen": None}}))
+    runtime.start()
+    try:
+        gate = runtime.status()["engine"]["accuracy_gate"]
+        assert gate["verified"] is False and "does not fit" in gate["summary"]
+        assert runtime.telemetry.read()["engine"]["accuracy_gate"] == gate
+    finally:
+        runtime.stop()

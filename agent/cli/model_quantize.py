@@ -18,7 +18,7 @@ from agent.cli.calibration import SampledFrames
 from engines import Detector, DetectorConfig, OnnxRuntimeConfig, load_detector, resolve_model_path
 from engines.files import durable_replace
 from engines.optimize.accuracy_gate import GateResult, Predictions, against_fp32, against_ground_truth
-from engines.optimize.quantize import QuantizedModel, quantize_model
+from engines.optimize.quantize import QuantizedModel, quantize_model, stamp_accuracy
 
 EVAL_THRESHOLD = 0.05  # mAP ranks detections down to here, as `edge-agent eval` does
 
@@ -48,8 +48,12 @@ def calibration_tensors(detector: Detector, frames: Sequence[np.ndarray]) -> lis
 
 
 def quantize_with_gate(model: DetectorConfig, frames: SampledFrames, out: Path, target: str, method: str,
-                       max_drop_points: float, min_agreement: float) -> QuantizeResult:
-    """Quantize `model` on `frames.calibration`; keep it only if `frames.holdout` says it is accurate."""
+                       max_drop_points: float, min_agreement: float, gate_required: bool = True) -> QuantizeResult:
+    """Quantize `model` on `frames.calibration`; keep it only if `frames.holdout` says it is accurate.
+
+    `gate_required` false (`--no-gate`): written whatever the verdict; a refused model is stamped
+    unverified in its metadata, which status and telemetry show.
+    """
     cpu = model.model_copy(update={"engine": OnnxRuntimeConfig()})
     source = resolve_model_path(model.path)
     candidate = out.with_name(f".{out.name}.{os.getpid()}.candidate")
@@ -74,7 +78,8 @@ def quantize_with_gate(model: DetectorConfig, frames: SampledFrames, out: Path, 
             gate = against_fp32(reference, got, operating, min_agreement)
         int8_bytes = candidate.stat().st_size
         written = None
-        if gate.passed:
+        if gate.passed or not gate_required:
+            stamp_accuracy(candidate, gate.passed, gate.summary())
             durable_replace(candidate, out)
             written = out
         return QuantizeResult(quantized, gate, written, source.stat().st_size, int8_bytes)

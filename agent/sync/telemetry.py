@@ -100,7 +100,8 @@ class Telemetry:
             "gpu": gpu,
             "gpu_memory": status.get("gpu_memory"),  # the budget: limit, use, peak, refusals
             "engine": status.get("engine") and {k: status["engine"][k] for k in
-                                                ("backend", "model_path", "precision", "layout", "providers")},
+                                                ("backend", "model_path", "precision", "layout", "providers",
+                                                 "accuracy_gate")},
             "model_error": status.get("model_error"),
             "inference": {k: status.get(k, 0) for k in ("inference_errors", "frames_failed", "engine_reloads")},
             "cameras": {

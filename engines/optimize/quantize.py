@@ -42,6 +42,7 @@ METHODS: tuple[str, ...] = ("entropy", "percentile", "minmax")
 MIN_CALIBRATION_FRAMES = 8
 _STEM_CHANNELS = 4  # RGB or RGBA input: below this, INT8 convolution kernels do not pay
 QUANTIZATION_KEY = "edge_agent_quantization"  # metadata key: how an INT8 model was made
+ACCURACY_KEY = "edge_agent_accuracy"  # metadata key: {"verified": bool, "summary": the gate's verdict}
 
 
 class QuantizationError(Exception):
@@ -128,6 +129,15 @@ def _count_and_stamp(path: Path, provenance: dict) -> tuple[int, int]:
     onnx.helper.set_model_props(model, props)
     onnx.save(model, str(path))
     return quantized, len(convs)
+
+
+def stamp_accuracy(path: Path, verified: bool, summary: str) -> None:
+    """Record the accuracy gate's verdict in the model, so status shows an unverified one for what it is."""
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props}
+    props[ACCURACY_KEY] = json.dumps({"verified": verified, "summary": summary}, separators=(",", ":"))
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(path))
 
 
 def quantize_model(src: Path, dst: Path, input_name: str, tensors: Iterable[np.ndarray],

@@ -86,8 +86,9 @@ function render(s) {
   names.forEach((name) => cameraCard(name, s.cameras[name]));
   const e = s.engine || {};
   const gpu = s.gpu_memory || {};
+  const gate = e.accuracy_gate ? (e.accuracy_gate.verified ? " (accuracy checked)" : " (accuracy UNVERIFIED)") : "";
   $("engine").innerHTML = s.engine ? rows([
-    ["backend", `${e.backend} (${(e.providers || []).join(", ")})`], ["precision", e.precision],
+    ["backend", `${e.backend} (${(e.providers || []).join(", ")})`], ["precision", e.precision + gate],
     ["model", e.model_path], ["input", `${e.input_width}×${e.input_height}`], ["batch", `≤ ${e.max_batch}`],
     ["GPU memory", `${fmt(gpu.used_mb, 0)} / ${fmt(gpu.budget_mb, 0)} MB`],
   ]) : rows([["engine", s.model_error || "not loaded"]]);
