@@ -27,7 +27,7 @@ from agent.control.config_diff import ApplyError, diff_configs
 from agent.control.config_service import ConfigService
 from agent.control.device_api import CameraView
 from agent.device.identity import resolve_device_id
-from agent.device.memory import limit_malloc_arenas
+from agent.device.memory import limit_malloc_arenas, trim_heap
 from agent.device.sd_notify import Supervision
 from agent.measure import LatencyWindow
 from agent.pipeline.inference import InferenceWorker
@@ -206,6 +206,7 @@ class Runtime:
 
     def _load_model(self, model_config) -> Detector:
         detector = load_detector(model_config, self.gpu)
+        trim_heap()  # the parsed and rewritten graph is garbage now
         info = detector.info
         log.info("model %s: %s layout, input %dx%d, batch ≤ %d, %d classes, %s",
                  info.model_path, info.layout, info.input_width, info.input_height,

@@ -74,10 +74,11 @@ def bench_clips(workdir: Path, cameras: int, resolution: str, codec: str, clip: 
                        codec=codec) for i in range(cameras)]
 
 
-def _pipeline(model_config: DetectorConfig, clips: list[Path], seconds: float, workdir: Path) -> dict:
+def _pipeline(model_config: DetectorConfig, clips: list[Path], seconds: float, workdir: Path,
+              decoder: str = "auto") -> dict:
     cameras = len(clips)
     config = validate_config({
-        "cameras": [{"name": f"cam{i}", "source": str(c), "realtime": False, "loop": True}
+        "cameras": [{"name": f"cam{i}", "source": str(c), "realtime": False, "loop": True, "decoder": decoder}
                     for i, c in enumerate(clips)],
         "model": model_config.model_dump(mode="json"),
         "storage": {"path": str(workdir / "data")},
@@ -96,7 +97,10 @@ def _pipeline(model_config: DetectorConfig, clips: list[Path], seconds: float, w
         cpu0 = sum(proc.cpu_times()[:2])
         frames0 = sum(runtime.metrics.frames[n] for n in names)
         t0 = time.monotonic()
-        time.sleep(seconds)  # the measurement window itself
+        rss = proc.memory_info().rss
+        while (left := t0 + seconds - time.monotonic()) > 0:  # the measurement window, RSS sampled along it
+            time.sleep(min(0.5, left))
+            rss = max(rss, proc.memory_info().rss)
         elapsed = time.monotonic() - t0
         frames = sum(runtime.metrics.frames[n] for n in names) - frames0
         cpu = sum(proc.cpu_times()[:2]) - cpu0
@@ -115,38 +119,41 @@ def _pipeline(model_config: DetectorConfig, clips: list[Path], seconds: float, w
         "per_camera_fps": {n: c["fps"] for n, c in status["cameras"].items()},
         "stages": stages,
         "cpu_cores_busy": round(cpu / elapsed, 2),
+        "pipeline_rss_mb": round(rss / 2**20, 1),  # the running agent, without the engine stage before it
         "detections_committed": status["store"]["committed_rows"],
         "store_dropped": status["store"]["dropped"],
         "frames_dropped": sum(c["frames_dropped"] for c in status["cameras"].values()),
     }
 
 
-def engine_config(engine: str, threads: int = 0) -> dict:
-    """The `model.engine` section for a named engine choice (`--engine`)."""
+def engine_config(engine: str, threads: int = 0, runs: int = 0) -> dict:
+    """The `model.engine` section for a named engine choice (`--engine`); 0: the engine's auto choice."""
     settings = dict(ENGINE_PRESETS[engine])
     if settings["type"] == "onnxruntime":
         settings["intra_op_threads"] = threads
+        settings["concurrent_runs"] = runs
     return settings
 
 
 def run_bench(model: str, cameras: int, seconds: float, threads: int = 0, engine: str = "onnxruntime-cpu",
               gpu: GpuResources | None = None, resolution: str = "720p", codec: str = "h264",
-              clip: Path | None = None) -> dict:
-    model_config = DetectorConfig(path=model, engine=engine_config(engine, threads))
-    fps, info = engine_fps(model_config, cameras, seconds, gpu)
-    with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
+              clip: Path | None = None, runs: int = 0, decoder: str = "auto") -> dict:
+    model_config = DetectorConfig(path=model, engine=engine_config(engine, threads, runs))
+    with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:  # the pipeline first: its RSS is its own
         clips = bench_clips(Path(tmp), cameras, resolution, codec, clip)
         frame = cv2.VideoCapture(str(clips[0]))
         stream = {"clip": str(clip) if clip else f"generated {resolution} {codec}",
                   "frame_size": [int(frame.get(cv2.CAP_PROP_FRAME_WIDTH)), int(frame.get(cv2.CAP_PROP_FRAME_HEIGHT))]}
         frame.release()
-        pipeline = _pipeline(model_config, clips, seconds, Path(tmp))
+        pipeline = _pipeline(model_config, clips, seconds, Path(tmp), decoder)
+    fps, info = engine_fps(model_config, cameras, seconds, gpu)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     pipeline_fps = pipeline.pop("pipeline_fps")
     return {
         **info,
         **stream,
         "cameras": cameras,
+        "decoder": decoder,
         "seconds": seconds,
         "engine_fps": round(fps, 2),
         "pipeline_fps": round(pipeline_fps, 2),

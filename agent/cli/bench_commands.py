@@ -15,7 +15,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from engines import GpuResources
 
     report = run_bench(args.model, args.cameras, args.seconds, args.threads, args.engine,
-                       GpuResources(args.gpu_budget_mb), args.resolution, args.codec, args.clip)
+                       GpuResources(args.gpu_budget_mb), args.resolution, args.codec, args.clip, args.runs,
+                       args.decoder)
     if args.json:
         print(json.dumps(report))
     else:
@@ -39,7 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--gpu-budget-mb", type=int, default=DEFAULT_BUDGET_MB, help="GPU memory budget for GPU engines")
     s.add_argument("--cameras", type=int, default=1)
     s.add_argument("--seconds", type=float, default=20.0)
-    s.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: default)")
+    s.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads per run (0: auto)")
+    s.add_argument("--runs", type=int, default=0, help="ONNX Runtime runs in flight at once (0: auto)")
+    s.add_argument("--decoder", default="auto", choices=["auto", "pyav", "opencv"], help="cameras[].decoder")
     s.add_argument("--resolution", default="720p", choices=["360p", "720p", "1080p"],
                    help="size of the generated clips (moving scenes)")
     s.add_argument("--codec", default="h264", choices=["h264", "mp4v"],
