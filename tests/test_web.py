@@ -265,3 +265,39 @@ def test_a_real_browser_shows_cameras_changing_fps_and_frames(agent: Agent, tmp_
                     "--window-size=1280,900", "--virtual-time-budget=5000", f"--screenshot={shot}",
                     agent.base + "/"], capture_output=True, timeout=60, check=True)
     assert shot.stat().st_size > 10_000
+
+
+def test_boxes_in_stream_pixels_are_drawn_where_they_are_on_a_frame_decoded_smaller() -> None:
+    from agent.capture.frames import Frame
+    from agent.control.device_api import CameraView
+    from agent.web.frames import COLOURS, annotate
+    from engines import Detection
+
+    small = np.zeros((360, 640, 3), np.uint8)  # a 1280×720 stream decoded at half size (decode_size: model)
+    frame = Frame("cam", 1, small, 0, 0.0, source_size=(1280, 720))
+    drawn = annotate(CameraView(frame, 1, [Detection(0, "person", 0.9, (400.0, 400.0, 800.0, 600.0))]))
+    assert drawn.shape == small.shape
+    assert tuple(int(c) for c in drawn[250, 200]) == COLOURS[0]  # the left edge at x = 400 / 2, halfway down
+    assert not drawn[250, 300].any() and not drawn[350, 500].any()  # inside the box, and outside it: untouched
+
+
+def test_a_snapshot_of_a_frame_decoded_smaller_gives_stream_size_and_the_scale_to_its_jpeg() -> None:
+    import base64
+
+    from agent.capture.frames import Frame
+    from agent.control.commands import Commands, SnapshotArgs
+    from agent.control.device_api import CameraView
+    from engines import Detection
+
+    view = CameraView(Frame("cam", 4, np.full((360, 640, 3), 90, np.uint8), 0, 0.0, source_size=(1280, 720)), 4,
+                      [Detection(0, "person", 0.9, (400.0, 400.0, 800.0, 600.0))])
+
+    class OneCamera:  # the one DeviceControl call snapshot makes
+        def camera_view(self, camera: str) -> CameraView | None:
+            return view if camera == "cam" else None
+
+    shot = Commands(OneCamera(), None, lambda: None, "boot").snapshot(SnapshotArgs(camera="cam"))
+    jpeg = cv2.imdecode(np.frombuffer(base64.b64decode(shot["jpeg_base64"]), np.uint8), cv2.IMREAD_COLOR)
+    assert (shot["width"], shot["height"]) == (1280, 720)  # what the detection boxes are measured in
+    assert jpeg.shape[1] == round(shot["width"] * shot["scale"]) == 640  # box × scale lands on the JPEG
+    assert shot["detections"][0]["box"] == [400.0, 400.0, 800.0, 600.0]
