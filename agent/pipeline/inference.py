@@ -151,7 +151,7 @@ class InferenceWorker:
                 self._wake.clear()  # before looking: a frame or a finished run after this wakes the wait
                 if self._complete_finished():
                     continue
-                if len(self._in_flight) < self.detector.concurrent_runs and (batch := self.collect()):
+                if len(self._in_flight) < self._runs_allowed() and (batch := self.collect()):
                     self._dispatch(batch)
                     continue
                 self._wake.wait(0.2)
@@ -159,6 +159,11 @@ class InferenceWorker:
             self._drain()  # what is in flight still reaches the store
             if self._runs is not None:
                 self._runs.shutdown(wait=True)
+
+    def _runs_allowed(self) -> int:
+        """Runs in flight: the detector's, but one at a time while inference is failing (each try waits
+        its backoff; a broken engine is not hit twice at once)."""
+        return 1 if self.consecutive_errors else self.detector.concurrent_runs
 
     def _dispatch(self, batch: list[Frame]) -> None:
         """Letterbox the healthy frames into a free buffer and start their run; quarantined ones alone."""
