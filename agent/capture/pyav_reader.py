@@ -3,7 +3,7 @@
 OpenCV's reader converts every frame to full-resolution BGR, and letterboxing then shrinks it again.
 This reader resizes the decoded Y, U and V planes to the working size and converts only that
 (cv2.cvtColor from I420), so no full-size BGR frame is made: at 720p, 2.9 ms of CPU per frame
-against 4.7 for OpenCV's read and the letterbox resize (benchmarks/decode_paths.py). Other pixel
+against 4.7 for OpenCV's read and the letterbox resize (README, *Sources*). Other pixel
 formats, and full-size frames, go through FFmpeg's swscale in one step.
 
 A corrupt packet is skipped (counted), as OpenCV does; a stream that fails or times out ends the
@@ -12,7 +12,6 @@ read, and the camera reconnects.
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,8 +20,6 @@ import cv2
 import numpy as np
 
 from agent.capture.sources import SourceError
-
-log = logging.getLogger(__name__)
 
 SizeFor = Callable[[int, int], tuple[int, int]]  # source (width, height) → the frame size to decode to
 MAX_BAD_PACKETS = 100  # corrupt packets in a row before the stream counts as broken
@@ -74,9 +71,6 @@ class PyAvReader:
         self.source_size: tuple[int, int] | None = None
         self.bad_packets = 0
         self.error: str | None = None
-
-    def isOpened(self) -> bool:  # noqa: N802 - the cv2.VideoCapture name the camera calls
-        return True
 
     def read(self) -> tuple[bool, np.ndarray | None]:
         frame = self._next_frame()
