@@ -65,6 +65,13 @@ class MotionConfig(_Strict):
     )
 
 
+class ZoneConfig(_Strict):
+    """A named area of a camera's view; an object is in it while the bottom centre of its box is."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    points: list[Point] = Field(min_length=3, max_length=64, description="corners as [x, y] fractions of the frame")
+
+
 class CameraConfig(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     source: str | Annotated[int, Field(ge=0, le=1023)]  # an int is a V4L2 device index
@@ -87,6 +94,16 @@ class CameraConfig(_Strict):
     decode_threads: int = Field(1, ge=0, le=16, description="PyAV decoder threads per camera (0: FFmpeg picks)")
     priority: int = Field(0, ge=-100, le=100, description="higher: degraded last, shed last")
     motion: MotionConfig = Field(default_factory=MotionConfig)
+    zones: list[ZoneConfig] = Field(default_factory=list, max_length=16,
+                                    description="areas whose enter and leave object events report")
+
+    @field_validator("zones")
+    @classmethod
+    def _unique_zones(cls, zones: list[ZoneConfig]) -> list[ZoneConfig]:
+        names = [z.name for z in zones]
+        if len(set(names)) != len(names):
+            raise ValueError("zone names must be unique per camera")
+        return zones
 
     @field_validator("source")
     @classmethod
@@ -294,6 +311,70 @@ class QualityConfig(_Strict):
         return self
 
 
+class TrackingConfig(_Strict):
+    """Object tracking per camera (agent.pipeline.tracker): detections become objects with stable ids."""
+
+    enabled: bool = True
+    labels: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=256, description="labels to follow; empty: every label")
+    high_score: float = Field(0.5, gt=0, lt=1, description="detections at or above: first association stage; "
+                                                          "below: second stage (tracks seen last frame only)")
+    new_track_score: float = Field(0.6, gt=0, le=1, description="an unmatched detection starts a track from this")
+    min_hits: int = Field(2, ge=1, le=100, description="matched frames before a track is confirmed (and its event "
+                                                      "may start)")
+    stationary_s: float = Field(10.0, gt=0, le=86_400, description="an object still this long is stationary")
+    stationary_tolerance: float = Field(0.15, gt=0, le=2, description="still: its centre moves less than this share "
+                                                                     "of its size")
+    stationary_keep_s: float = Field(60.0, ge=0, le=86_400, description="a missing stationary object ends after "
+                                                                       "this (a parked car detected on and off keeps "
+                                                                       "its id)")
+    max_tracks: int = Field(256, ge=1, le=10_000, description="tracks per camera; new ones beyond are refused "
+                                                             "(counted)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TrackingConfig:
+        if self.new_track_score < self.high_score:
+            raise ValueError("new_track_score must be at least high_score")
+        return self
+
+
+class EventSnapshotConfig(_Strict):
+    """The best view of each object event, kept in the store with the event."""
+
+    enabled: bool = True
+    max_width: int = Field(640, ge=32, le=4096, description="the crop around the object is scaled to at most this")
+    quality: int = Field(80, ge=10, le=100, description="JPEG quality")
+    max_bytes: int = Field(200_000, ge=4096, le=8 * 1024 * 1024, description="one snapshot at most; larger ones are "
+                                                                             "encoded again at lower quality")
+    max_total_mb: float = Field(256.0, ge=1, le=1 << 20, description="all snapshots together; the oldest go first")
+
+
+class EventsConfig(_Strict):
+    """Object events (new / update / end) on `<prefix>/<id>/events/objects/<camera>`, through the outbox."""
+
+    enabled: bool = True
+    end_after_s: float = Field(5.0, gt=0, le=3600, description="an object missing this long has ended")
+    min_score: float = Field(0.6, gt=0, le=1, description="an event starts once its object scored this once")
+    update_interval_s: float = Field(1.0, ge=0.1, le=3600, description="updates per object at most this often")
+    require_motion: bool = Field(False, description="only objects that moved get events (a parked car that "
+                                                    "never moved does not)")
+    max_events: int = Field(100_000, ge=100, le=10_000_000, description="ended events kept in the store; the "
+                                                                       "oldest go first")
+    snapshots: EventSnapshotConfig = Field(default_factory=EventSnapshotConfig)
+
+
+class HomeAssistantConfig(_Strict):
+    """MQTT discovery for Home Assistant (agent.sync.homeassistant)."""
+
+    enabled: bool = False
+    prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+    discovery: Literal["device", "component"] = Field(
+        "device", description="device: one payload per device (Home Assistant 2024.11+); component: one per entity")
+    labels: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        None, max_length=64, description="labels with count and occupancy entities; default: tracking.labels, or "
+                                         "the model's labels (at most 20)")
+
+
 class AgentConfig(_Strict):
     device: DeviceConfig = Field(default_factory=DeviceConfig)
     cameras: list[CameraConfig] = Field(default_factory=_demo_cameras, max_length=64)
@@ -306,6 +387,9 @@ class AgentConfig(_Strict):
     remote: RemoteConfig = Field(default_factory=RemoteConfig)
     web: WebConfig = Field(default_factory=WebConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
 
     @field_validator("cameras")
     @classmethod

@@ -33,10 +33,12 @@ from agent.measure import LatencyWindow
 from agent.pipeline.inference import InferenceWorker
 from agent.pipeline.metrics import PipelineMetrics
 from agent.pipeline.motion import MotionGate
+from agent.pipeline.objects import ObjectTracking
 from agent.pipeline.quality_loop import QualityLoop, resolve_profile
 from agent.profiles import ProfileError
 from agent.store.outbox import TELEMETRY, next_session, requeue_dead_letters
 from agent.store.store import Store, StoreError, health_figures
+from agent.sync.homeassistant import HomeAssistant
 from agent.sync.mqtt_link import ClientSetupError, MqttLink, random_boot_id
 from agent.sync.sync import Syncer
 from agent.sync.telemetry import Telemetry
@@ -74,8 +76,10 @@ class Runtime:
         self._retired_inference_errors = 0
         self.store = Store(self.data_dir, config.storage, on_commit=self._on_commit, outbox=config.mqtt is not None,
                            on_open=self._on_store_open, on_unstored=self._publish_around_store)
+        self.store.events_config = config.events
         self.link: MqttLink | None = None
         self.syncer: Syncer | None = None
+        self.homeassistant: HomeAssistant | None = None
         self.mqtt_error: str | None = None
         if config.mqtt is not None:
             try:
@@ -83,6 +87,7 @@ class Runtime:
                                      lambda: next_session(self.store.path))
                 self.syncer = Syncer(self.link, self.store.path, config.mqtt)
                 self.link.problems = self.problems
+                self.homeassistant = HomeAssistant(self.link, config, self._model_labels, self._quality_levels)
             except ClientSetupError as exc:  # keep capturing and buffering; fixed by a restart
                 self.mqtt_error = str(exc)
                 log.error("mqtt disabled, buffering only: %s", exc)
@@ -99,6 +104,9 @@ class Runtime:
         self._dynamic_size: tuple[int, int] | None = None  # the configured model's input size, if dynamic
         self._batch_cap: int | None = None
         self.gates: dict[str, MotionGate] = {}  # camera → the gate in front of its inference
+        ha = self.homeassistant
+        self.objects = ObjectTracking(config, self.store.submit_events,
+                                      on_counts=ha.publish_counts if ha is not None else None)
         self.worker: InferenceWorker | None = None
         self.model_error: str | None = None
         self.latest_detections: dict[str, tuple[int, list[Detection]]] = {}  # camera → (frame, detections)
@@ -194,7 +202,16 @@ class Runtime:
         self.latest_detections[frame.camera] = (frame.number, detections)
         if detections:
             self.last_detection[frame.camera] = (frame.wall_ms, sorted({d.label for d in detections}))
-        self.store.submit(frame.camera, frame.number, frame.wall_ms, detections)
+        track_ids = self.objects.observe(frame, detections)
+        self.store.submit(frame.camera, frame.number, frame.wall_ms, detections, track_ids)
+
+    def _model_labels(self) -> list[str]:
+        detector = self.detector
+        return [] if detector is None else list(detector.info.labels)
+
+    def _quality_levels(self) -> list[str]:
+        quality = self.quality
+        return [] if quality is None else [level.name for level in quality.controller.levels]
 
     def _model_input(self) -> tuple[int, int] | None:
         """(width, height) of the running engine's input: the size cameras decode for."""
@@ -216,7 +233,8 @@ class Runtime:
     def _start_worker(self) -> None:
         if self.detector is not None:
             self.worker = InferenceWorker(self.detector, self._slots, self._sink, self.metrics, self._wake,
-                                          reload=self._reload_detector, gates=self.gates.get)
+                                          reload=self._reload_detector, gates=self.gates.get,
+                                          held=self.objects.hold)
             self.worker.batch_cap = self._batch_cap
             self.worker.start()
 
@@ -293,6 +311,7 @@ class Runtime:
         if not camera.join(timeout):
             log.warning("camera %s did not stop in time (a blocked read); leaving it", name)
         self.latest_detections.pop(name, None)
+        self.objects.close_camera(name)  # its objects' events end
 
     # -- what the quality loop turns (agent.pipeline.quality_loop.QualityHost) ------------
     def running_cameras(self) -> list[tuple[Camera, MotionGate | None]]:
@@ -340,6 +359,10 @@ class Runtime:
         if self.store.running:
             self.config = self.config_service.restore()
             self.store.config = self.config.storage
+            self.store.events_config = self.config.events
+            self.objects.configure(self.config)
+            if self.homeassistant is not None:
+                self.homeassistant.configure(self.config)
             self.telemetry.reschedule(self.config.telemetry.interval_s)
         try:
             self.quality = QualityLoop(self.config, self, lambda: self._dynamic_size)
@@ -419,7 +442,11 @@ class Runtime:
             if diff.telemetry_interval:
                 self.telemetry.reschedule(new.telemetry.interval_s)
             self.store.config = new.storage
+            self.store.events_config = new.events
+            self.objects.configure(new)
             self.config = new
+            if self.homeassistant is not None:
+                self.homeassistant.configure(new)
             if self.quality is not None and (diff.quality or diff.model_reload or diff.cameras_to_start):
                 self.quality.configure(new)
             return diff.summary()
@@ -453,6 +480,8 @@ class Runtime:
         worker_done = self.worker is None or self.worker.join(max(0.0, deadline - time.monotonic() - 0.5))
         if not worker_done:
             log.warning("inference did not stop in time")
+        for camera in cameras:
+            self.objects.close_camera(camera.name, "agent_stopped")  # their ends are stored with the rest
         if not self.store.stop(max(0.2, deadline - time.monotonic() - (0.8 if self.link else 0))):
             log.error("store writer did not finish in time")
         if self.syncer is not None and self.link is not None:
@@ -583,6 +612,8 @@ class Runtime:
             "engine_reloads": self.worker.reloads if self.worker else 0,
             "cameras": cameras,
             "sync": None if self.syncer is None else self.syncer.stats(),
+            "objects": self.objects.stats(),
+            "homeassistant": None if self.homeassistant is None else self.homeassistant.stats(),
             "commands": None if self.channel is None else self.channel.stats(),
             "store": {**self.store.status(), **self._store_figures()},
             "system": (self.telemetry.last or {}).get("system"),  # the latest reading (telemetry.interval_s)

@@ -38,6 +38,8 @@ class Collector:
             raise RuntimeError("collector could not subscribe")
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        if not msg.payload:  # a retained message cleared
+            return
         body = json.loads(msg.payload)
         with self._lock:
             self.messages += 1
@@ -48,7 +50,7 @@ class Collector:
                 self.telemetry.append(body)
             if "/events/" in msg.topic:
                 self.events.append((msg.topic, body))
-            if "seq" in body:
+            if "seq" in body and "/events/objects/" not in msg.topic:  # object events count their own seq
                 self.seqs.add(body["seq"])
             for det in body.get("detections", []):
                 self.ids[det["id"]] += 1

@@ -23,6 +23,7 @@ class GroundTruth:
 
     class_id: int
     box: tuple[float, float, float, float]
+    object_id: int = -1  # the same object in every frame of a scene (tracking ground truth)
 
     @property
     def label(self) -> str:
@@ -204,7 +205,8 @@ class SceneGenerator:
             visible = int(np.count_nonzero((coverage == i) & (mask == 1)))
             if area and visible / area >= MIN_VISIBLE_FRACTION:
                 x, y, w, h = cv2.boundingRect(s.points)
-                truths.append(GroundTruth(s.class_id, (float(x), float(y), float(x + w), float(y + h))))
+                box = (max(0.0, x), max(0.0, y), min(float(self.width), x + w), min(float(self.height), y + h))
+                truths.append(GroundTruth(s.class_id, tuple(float(v) for v in box), i))  # type: ignore[arg-type]
         light = 1.0 + self._light_depth * math.sin(
             self._light_phase + 2 * math.pi * self.frame_index / self._light_period
         )

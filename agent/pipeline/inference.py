@@ -75,10 +75,12 @@ class InferenceWorker:
 
     def __init__(self, detector: Detector | None, slots: Callable[[], list[FrameSlot]], sink: Sink,
                  metrics: PipelineMetrics, wake: threading.Event, reload: Reload | None = None,
-                 gates: Callable[[str], MotionGate | None] = lambda _camera: None) -> None:
+                 gates: Callable[[str], MotionGate | None] = lambda _camera: None,
+                 held: Callable[[Frame], None] = lambda _frame: None) -> None:
         self.detector = detector
         self._slots = slots
         self._gates = gates
+        self._held = held  # a frame the motion gate kept from inference (the tracker's clock moves on)
         self.batch_cap: int | None = None  # the quality level's; None: the engine's own max_batch
         self._sink = sink
         self._metrics = metrics
@@ -137,7 +139,11 @@ class InferenceWorker:
 
     def _admitted(self, frame: Frame, now: float) -> bool:
         gate = self._gates(frame.camera)
-        return gate is None or gate.admit(frame.image, now)
+        if gate is None or gate.admit(frame.image, now):
+            return True
+        if not gate.shed:
+            self._held(frame)
+        return False
 
     def _run(self) -> None:
         try:

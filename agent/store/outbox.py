@@ -29,7 +29,7 @@ def detection_payload(row: dict) -> str:
     return json.dumps({
         "id": row["id"], "camera": row["camera"], "ts_ms": row["ts_ms"], "frame": row["frame"],
         "label": row["label"], "class_id": row["class_id"], "score": round(row["score"], 4),
-        "box": [round(row[k], 1) for k in ("x1", "y1", "x2", "y2")],
+        "box": [round(row[k], 1) for k in ("x1", "y1", "x2", "y2")], "track_id": row.get("track_id"),
     }, separators=(",", ":"))
 
 
@@ -45,8 +45,8 @@ def enqueue_detections(db: sqlite_utils.Database, rows: Iterable[dict]) -> None:
 
 
 def trim_outbox(db: sqlite_utils.Database, max_rows: int, max_bytes: int | None = None) -> int:
-    """Keep at most `max_rows` rows and `max_bytes` of payload: health readings go first,
-    then detections, oldest first; what goes is counted (`outbox_trimmed`)."""
+    """Keep at most `max_rows` rows and `max_bytes` of payload: health readings go first, then detections,
+    then events (what operators act on), oldest first; what goes is counted (`outbox_trimmed`)."""
     rows, size = db.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM outbox").fetchone()
     excess_rows = max(0, rows - max_rows)
     excess_bytes = max(0, size - max_bytes) if max_bytes is not None else 0
@@ -54,7 +54,8 @@ def trim_outbox(db: sqlite_utils.Database, max_rows: int, max_bytes: int | None 
         return 0
     victims: list[int] = []
     freed = 0
-    order = db.execute("SELECT seq, bytes FROM outbox ORDER BY kind = ?, seq", (DETECTION,))
+    order = db.execute("SELECT seq, bytes FROM outbox ORDER BY CASE WHEN kind = ? THEN 1 "
+                       "WHEN kind LIKE 'events/%' THEN 2 ELSE 0 END, seq", (DETECTION,))
     for seq, nbytes in order:
         if len(victims) >= excess_rows and freed >= excess_bytes:
             break
@@ -63,7 +64,8 @@ def trim_outbox(db: sqlite_utils.Database, max_rows: int, max_bytes: int | None 
     with transaction(db):
         db.conn.executemany("DELETE FROM outbox WHERE seq = ?", [(v,) for v in victims])
         bump_counter(db, "outbox_trimmed", len(victims))
-    log.warning("outbox over its cap: trimmed %d messages (health readings first, then the oldest detections)",
+    log.warning("outbox over its cap: trimmed %d messages (health readings first, then the oldest detections, "
+                "then events)",
                 len(victims))
     return len(victims)
 

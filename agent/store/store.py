@@ -21,9 +21,10 @@ from pathlib import Path
 
 import sqlite_utils
 
-from agent.config import StorageConfig
+from agent.config import EventsConfig, StorageConfig
 from agent.store.db import bump_counter, connect, transaction
 from agent.store.ids import uuid7
+from agent.store.object_events import ObjectEvent, end_open_events, save_events, trim_events
 from agent.store.outbox import Outbox, enqueue_detections, enqueue_readings, trim_outbox
 from engines import Detection
 
@@ -81,8 +82,22 @@ def _migrate_v5(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
 
 
+def _migrate_v6(db: sqlite_utils.Database) -> None:
+    """Object tracking: each detection's track, and object events with their best snapshot
+    (agent.store.object_events)."""
+    db.execute("ALTER TABLE detections ADD COLUMN track_id INTEGER")
+    db.execute(
+        "CREATE TABLE object_events (event_id TEXT PRIMARY KEY, camera TEXT NOT NULL, label TEXT NOT NULL, "
+        "track_id INTEGER NOT NULL, start_ms INTEGER NOT NULL, end_ms INTEGER, last_ms INTEGER NOT NULL, "
+        "top_score REAL NOT NULL, score REAL NOT NULL, box TEXT NOT NULL, stationary INTEGER NOT NULL, "
+        "zones TEXT NOT NULL, entered_zones TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL, "
+        "snapshot BLOB, snapshot_ms INTEGER, snapshot_score REAL, snapshot_bytes INTEGER NOT NULL DEFAULT 0)")
+    db.execute("CREATE INDEX object_events_start ON object_events(start_ms)")
+    db.execute("CREATE INDEX object_events_open ON object_events(end_ms)")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _migrate_v1, _migrate_v2, _migrate_v3, _migrate_v4, _migrate_v5,
+    _migrate_v1, _migrate_v2, _migrate_v3, _migrate_v4, _migrate_v5, _migrate_v6,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -106,6 +121,16 @@ class _Pending:
     wall_ms: int
     queued_mono: float
     detections: Sequence[Detection]
+    track_ids: Sequence[int | None] | None = None
+
+
+@dataclass(slots=True)
+class _Events:
+    """Object event messages: their state rows, and outbox rows when a broker is configured."""
+
+    events: list[ObjectEvent]
+
+    detections = ()
 
 
 @dataclass(slots=True)
@@ -192,13 +217,15 @@ class Store:
         self._on_open = on_open  # the database opened after start() had given up on it
         self._on_unstored = on_unstored  # (kind, payload) of a health reading whose commit failed
         self._reopen_s = REOPEN_S if reopen_s is None else reopen_s
-        self._queue: queue.Queue[_Pending | _Reading] = queue.Queue(maxsize=config.queue_size)
+        self._queue: queue.Queue[_Pending | _Reading | _Events] = queue.Queue(maxsize=config.queue_size)
+        self.events_config = EventsConfig()  # retention of object events (the runtime sets the config's)
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._ready = threading.Event()
         self._stopping = threading.Event()
         self._accepting = False
         self._lock = threading.Lock()
         self.dropped = 0  # frames of results lost: queue full, store not running, or a failed write
+        self.events_dropped = 0  # object event messages lost the same ways
         self.committed_rows = 0
         self.commits = 0
         self.write_errors = 0
@@ -240,19 +267,38 @@ class Store:
         with self._lock:
             self.dropped += frames
 
-    def submit(self, camera: str, frame: int, wall_ms: int, detections: Sequence[Detection]) -> bool:
-        """Queue one frame's detections; False (and counted) if they cannot be stored."""
+    def submit(self, camera: str, frame: int, wall_ms: int, detections: Sequence[Detection],
+               track_ids: Sequence[int | None] | None = None) -> bool:
+        """Queue one frame's detections (and their tracks); False (and counted) if they cannot be stored."""
         if not detections:
             return True
         if not self._accepting:
             self._count_dropped(1)
             return False
         try:
-            self._queue.put_nowait(_Pending(camera, frame, wall_ms, time.monotonic(), detections))
+            self._queue.put_nowait(_Pending(camera, frame, wall_ms, time.monotonic(), detections, track_ids))
             return True
         except queue.Full:
             self._count_dropped(1)
             return False
+
+    def submit_events(self, events: list[ObjectEvent]) -> bool:
+        """Queue object event messages; False (and counted as events_dropped) if they cannot be stored."""
+        if not events:
+            return True
+        if not self._accepting:
+            self._count_events_dropped(len(events))
+            return False
+        try:
+            self._queue.put_nowait(_Events(events))
+            return True
+        except queue.Full:
+            self._count_events_dropped(len(events))
+            return False
+
+    def _count_events_dropped(self, n: int) -> None:
+        with self._lock:
+            self.events_dropped += n
 
     def submit_reading(self, kind: str, payload: str) -> bool:
         """Queue a health reading for the broker; False (and counted) if it cannot be stored."""
@@ -296,7 +342,8 @@ class Store:
             "running": self.running, "writable": self.writable, "open_error": self.open_error,
             "recovered_from": None if self.recovered_from is None else str(self.recovered_from),
             "committed_rows": self.committed_rows, "commits": self.commits, "queue_depth": self.queue_depth,
-            "dropped": self.dropped, "write_errors": self.write_errors, "retention_errors": self.retention_errors,
+            "dropped": self.dropped, "events_dropped": self.events_dropped, "write_errors": self.write_errors,
+            "retention_errors": self.retention_errors,
             "last_error": self.last_error, "disk_free_mb": _mb(self.disk_free_bytes),
             "min_free_mb": self.config.min_free_mb, "low_disk": self.low_disk,
             "trimmed_for_space": self.trimmed_for_space,
@@ -328,6 +375,10 @@ class Store:
             self.open_error = self.last_error = error
             return None
         self.open_error = None
+        try:
+            end_open_events(db, self.outbox)  # what a crash left open gets its end
+        except Exception as exc:  # never keeps the store from running
+            log.error("store: could not end the object events left open: %s", exc)
         self._accepting = not self._stopping.is_set()
         return db
 
@@ -379,9 +430,9 @@ class Store:
         finally:
             db.conn.close()
 
-    def _take_batch(self) -> list[_Pending | _Reading]:
+    def _take_batch(self) -> list[_Pending | _Reading | _Events]:
         """Whatever is queued now, up to MAX_ROWS_PER_COMMIT rows; waits briefly if empty."""
-        batch: list[_Pending | _Reading] = []
+        batch: list[_Pending | _Reading | _Events] = []
         rows = 0
         try:
             item = self._queue.get(timeout=0.1)
@@ -395,25 +446,30 @@ class Store:
             pass
         return batch
 
-    def _commit(self, db: sqlite_utils.Database, items: list[_Pending | _Reading]) -> None:
+    def _commit(self, db: sqlite_utils.Database, items: list[_Pending | _Reading | _Events]) -> None:
         batch = [p for p in items if isinstance(p, _Pending)]
         readings = [(r.kind, r.payload) for r in items if isinstance(r, _Reading)]
+        events = [e for item in items if isinstance(item, _Events) for e in item.events]
         rows = [
             {"id": uuid7(p.wall_ms), "camera": p.camera, "ts_ms": p.wall_ms, "frame": p.frame,
              "label": d.label, "class_id": d.class_id, "score": d.score,
-             "x1": d.box[0], "y1": d.box[1], "x2": d.box[2], "y2": d.box[3]}
-            for p in batch for d in p.detections
+             "x1": d.box[0], "y1": d.box[1], "x2": d.box[2], "y2": d.box[3],
+             "track_id": p.track_ids[k] if p.track_ids is not None else None}
+            for p in batch for k, d in enumerate(p.detections)
         ]
         try:
             with transaction(db):  # one transaction, one fsync, for the whole group
                 if rows:
                     db["detections"].insert_all(rows, batch_size=MAX_ROWS_PER_COMMIT)
+                if events:
+                    save_events(db, events, self.outbox)
                 if self.outbox:
                     enqueue_detections(db, rows)
                     enqueue_readings(db, readings)
         except Exception as exc:  # disk full, I/O error, a value SQLite cannot bind: count, keep running
             self._write_failed(exc)
-            self._count_dropped(len(items))
+            self._count_dropped(len(items) - sum(isinstance(i, _Events) for i in items))
+            self._count_events_dropped(len(events))
             log.error("store: %s (%d frames of results lost)", self.last_error, len(items))
             if readings and self._on_unstored is not None:
                 self._on_unstored(*readings[-1])  # the latest health reading goes around the store
@@ -485,6 +541,8 @@ class Store:
             trim_by_age(db, self.config.max_age_hours, stop=self._stopping)
             trim_by_size(db, self.config.max_size_mb, stop=self._stopping)
             trim_outbox(db, self.config.outbox_max_rows, int(self.config.outbox_max_mb * 1024 * 1024))
+            events = self.events_config
+            trim_events(db, events.max_events, int(events.snapshots.max_total_mb * MB), self.config.max_age_hours)
         except Exception as exc:  # never the writer's end: detections keep committing, retried next interval
             self.retention_errors += 1
             self.last_error = f"retention failed: {type(exc).__name__}: {exc}"
@@ -614,6 +672,8 @@ def _store_figures(db: sqlite_utils.Database, data_dir: Path) -> dict:
         "trimmed_by_age": counters.get("trimmed_by_age", 0),
         "trimmed_by_size": counters.get("trimmed_by_size", 0),
         "trimmed_for_space": counters.get("trimmed_for_space", 0),
+        "events_trimmed": counters.get("events_trimmed", 0),
+        "event_snapshots_trimmed": counters.get("event_snapshots_trimmed", 0),
         **Outbox(db).counts(),
         "outbox_trimmed": counters.get("outbox_trimmed", 0),
         "mqtt_sessions": counters.get("mqtt_session", 0),
@@ -657,7 +717,7 @@ def export_detections(data_dir: Path) -> Iterator[dict]:
             yield {
                 "id": row["id"], "camera": row["camera"], "ts_ms": row["ts_ms"], "frame": row["frame"],
                 "label": row["label"], "class_id": row["class_id"], "score": row["score"],
-                "box": [row["x1"], row["y1"], row["x2"], row["y2"]],
+                "box": [row["x1"], row["y1"], row["x2"], row["y2"]], "track_id": row["track_id"],
             }
     finally:
         db.conn.close()

@@ -109,6 +109,7 @@ class MqttLink:
         self.on_connected: list[Callable[[], None]] = []  # quick hooks, run in the network thread
         self.on_message: Callable[[mqtt.MQTTMessage, int], None] | None = None  # (message, connection)
         self.subscriptions: list[str] = []  # QoS 1, renewed on every connect
+        self.routes: dict[str, Callable[[mqtt.MQTTMessage], None]] = {}  # exact topics with a quick handler
         self.receive_maximum: int | None = None  # unacknowledged messages the broker may send us at once
         self.problems: Callable[[], list[str]] = lambda: []  # what is wrong, in words, for the birth message
         self._stop = threading.Event()
@@ -209,7 +210,11 @@ class MqttLink:
 
     def _on_message(self, client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
-            if self.on_message is None:
+            route = self.routes.get(message.topic)
+            if route is not None:  # e.g. Home Assistant's status: handled at once, acknowledged
+                client.ack(message.mid, message.qos)
+                route(message)
+            elif self.on_message is None:
                 client.ack(message.mid, message.qos)
             else:
                 self.on_message(message, self.connects)

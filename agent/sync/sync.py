@@ -20,6 +20,7 @@ from agent.backoff import Backoff
 from agent.config import MqttConfig
 from agent.measure import LatencyWindow
 from agent.store.db import connect
+from agent.store.object_events import KIND_PREFIX as OBJECT_EVENTS
 from agent.store.outbox import DETECTION, TELEMETRY, Outbox, OutboxRow
 from agent.sync.mqtt_link import MqttLink, PacketTooLarge
 
@@ -323,7 +324,7 @@ class Syncer:
         with self._seq_lock:
             self.seq += 1
             seq = self.seq
-        payload = self._envelope(seq) + f'"direct":true,"{body_key(kind)}":{payload}}}'
+        payload = self._message(kind, payload, seq, direct=True)
         try:
             mid = self.link.publish(f"{self.link.base}/{kind}", payload, retain=kind == TELEMETRY)
         except PacketTooLarge as exc:
@@ -335,19 +336,27 @@ class Syncer:
         self.direct_published += 1
         return True
 
-    def _envelope(self, seq: int) -> str:
+    def _envelope(self, seq: int | None) -> str:
         return (f'{{"v":1,"device":{json.dumps(self.link.device_id)},"boot_id":"{self.link.boot_id}",'
-                f'"seq":{seq},')
+                + ("" if seq is None else f'"seq":{seq},'))
+
+    def _message(self, kind: str, payload: str, seq: int, direct: bool = False) -> str:
+        """A reading or event in the envelope. Object events are flat: their fields beside the envelope's, and
+        their own `seq` (the event's message count) instead of the boot's."""
+        flag = '"direct":true,' if direct else ""
+        if kind.startswith(OBJECT_EVENTS):
+            return self._envelope(None) + flag + payload[1:]
+        return self._envelope(seq) + flag + f'"{body_key(kind)}":{payload}}}'
 
     def _publish(self, topic: str, group: list[OutboxRow]) -> bool:
         with self._seq_lock:
             self.seq += 1
-            envelope = self._envelope(self.seq)
+            seq = self.seq
         if group[0].kind == DETECTION:  # the stored payloads are JSON already: join, do not re-encode
-            body = f'"camera":{json.dumps(group[0].camera)},"detections":[' + ",".join(r.payload for r in group) + "]"
+            payload = self._envelope(seq) + f'"camera":{json.dumps(group[0].camera)},"detections":[' + \
+                ",".join(r.payload for r in group) + "]}"
         else:
-            body = f'"{body_key(group[0].kind)}":{group[0].payload}'
-        payload = envelope + body + "}"
+            payload = self._message(group[0].kind, group[0].payload, seq)
         try:
             mid = self.link.publish(topic, payload, retain=group[0].kind == TELEMETRY)  # latest reading for `fleet`
         except PacketTooLarge as exc:  # as the broker would answer 0x95, without losing the connection
