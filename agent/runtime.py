@@ -234,7 +234,7 @@ class Runtime:
         if self.detector is not None:
             self.worker = InferenceWorker(self.detector, self._slots, self._sink, self.metrics, self._wake,
                                           reload=self._reload_detector, gates=self.gates.get,
-                                          held=self.objects.hold)
+                                          held=self.objects.hold, tick=self.objects.tick)
             self.worker.batch_cap = self._batch_cap
             self.worker.start()
 

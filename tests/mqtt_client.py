@@ -20,6 +20,7 @@ class Collector:
         self.status: list[dict] = []
         self.telemetry: list[dict] = []
         self.events: list[tuple[str, dict]] = []  # (topic, message) of events/<kind>
+        self.other: list[tuple[str, dict]] = []  # (topic, message) of anything else (e.g. object counts)
         self.messages = 0
         self.seqs: set[int] = set()
         self.largest = 0  # bytes of the largest payload received
@@ -50,6 +51,8 @@ class Collector:
                 self.telemetry.append(body)
             if "/events/" in msg.topic:
                 self.events.append((msg.topic, body))
+            elif not msg.topic.endswith(("/status", "/telemetry")) and "/detections/" not in msg.topic:
+                self.other.append((msg.topic, body))
             if "seq" in body and "/events/objects/" not in msg.topic:  # object events count their own seq
                 self.seqs.add(body["seq"])
             for det in body.get("detections", []):

@@ -121,6 +121,33 @@ def write_clip(out: Path, seconds: float = 20.0, seed: int = 1, fps: float = DEM
     return out
 
 
+def write_tracking_clip(out: Path, seconds: float = 20.0, seed: int = 1, fps: float = DEMO_CLIP_FPS,
+                        width: int = 640, height: int = 360) -> Path:
+    """A clip of one scripted tracking scene (agent.demo.tracking_scene): objects cross, stop, leave and
+    enter; the sidecar's objects carry their `object_id`."""
+    from agent.demo.tracking_scene import TrackingScene
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{out.suffix or '.mp4'}")
+    writer = _OpenCvWriter(tmp, fps, width, height)
+    frames = []
+    try:
+        for index, (image, truths) in enumerate(TrackingScene(seed, max(1, round(seconds * fps)), width, height)):
+            writer.write(image)
+            frames.append({"index": index, "objects": [
+                {"label": t.label, "class_id": t.class_id, "box": list(t.box), "object_id": t.object_id}
+                for t in truths]})
+    finally:
+        writer.close()
+    meta = {"labels": list(CLASS_NAMES), "seed": seed, "scene": "tracking", "fps": fps, "width": width,
+            "height": height, "frames": frames}
+    side_tmp = tmp.with_name(tmp.name + ".json")
+    side_tmp.write_text(json.dumps(meta, separators=(",", ":")), encoding="utf-8")
+    os.replace(side_tmp, sidecar_path(out))
+    os.replace(tmp, out)
+    return out
+
+
 def demo_clip_path(data_dir: Path, seed: int) -> Path:
     return data_dir / "demo" / f"demo-{seed}.mp4"
 

@@ -34,7 +34,7 @@ MIN_IN_FRAME = 0.4  # an object mostly outside the frame (entering, leaving) is 
 
 def _in_frame_share(box: tuple[float, float, float, float], points: np.ndarray) -> float:
     """The share of the object's whole box that lies in the frame."""
-    x, y, w, h = cv2.boundingRect(points)
+    _, _, w, h = cv2.boundingRect(points)
     return (box[2] - box[0]) * (box[3] - box[1]) / max(1, w * h)
 
 

@@ -70,17 +70,23 @@ def _timed_infer(detector: Detector, prepared: PreparedBatch) -> tuple[list[np.n
     return outputs, t1, time.monotonic()
 
 
+TICK_S = 0.5
+
+
 class InferenceWorker:
     """One worker thread per detector, and a run thread per batch it may have in flight."""
 
     def __init__(self, detector: Detector | None, slots: Callable[[], list[FrameSlot]], sink: Sink,
                  metrics: PipelineMetrics, wake: threading.Event, reload: Reload | None = None,
                  gates: Callable[[str], MotionGate | None] = lambda _camera: None,
-                 held: Callable[[Frame], None] = lambda _frame: None) -> None:
+                 held: Callable[[Frame], None] = lambda _frame: None,
+                 tick: Callable[[float], None] = lambda _now: None) -> None:
         self.detector = detector
         self._slots = slots
         self._gates = gates
         self._held = held  # a frame the motion gate kept from inference (the tracker's clock moves on)
+        self._tick = tick  # about twice a second, on this thread: cameras that went silent end their objects
+        self._next_tick = 0.0
         self.batch_cap: int | None = None  # the quality level's; None: the engine's own max_batch
         self._sink = sink
         self._metrics = metrics
@@ -154,6 +160,9 @@ class InferenceWorker:
                     if not self._stop.is_set():
                         self._reload_engine()
                     continue
+                if (now := time.monotonic()) >= self._next_tick:
+                    self._next_tick = now + TICK_S
+                    self._tick(now)
                 self._wake.clear()  # before looking: a frame or a finished run after this wakes the wait
                 if self._complete_finished():
                     continue

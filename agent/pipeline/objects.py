@@ -50,6 +50,7 @@ class _Open:
     zones: list[str] = field(default_factory=list)
     entered: list[str] = field(default_factory=list)
     last_sent: float = 0.0  # monotonic
+    last_saved: float = 0.0  # monotonic: the stored row's last_ms is this fresh (what a crash's end says)
     changed: bool = False  # something that matters changed since the last message
     crop: np.ndarray | None = None  # the best view so far, not yet sent
     crop_score: float = 0.0
@@ -58,17 +59,20 @@ class _Open:
 class CameraObjects:
     """One camera's tracker and its open events. Called from the inference thread only."""
 
-    def __init__(self, camera: CameraConfig, tracking: TrackingConfig, events: EventsConfig) -> None:
+    def __init__(self, camera: CameraConfig, tracking: TrackingConfig, events: EventsConfig,
+                 first_id: int = 1) -> None:
         self.camera = camera.name
         self.events = events
-        self.tracker = Tracker(tracking, events.end_after_s)
+        self.tracker = Tracker(tracking, events.end_after_s, first_id)
         self._zones = [(z.name, np.array(z.points, np.float32).reshape(-1, 1, 2)) for z in camera.zones]
         self.zone_configs = [z.model_dump() for z in camera.zones]  # to tell a changed camera config
         self.open: dict[int, _Open] = {}  # track id → its event
         self.started = self.updates = self.ended = 0
+        self.last_frame = 0.0  # monotonic time of the last frame seen (inferred or held)
 
     # -- per frame ----------------------------------------------------------------------
     def observe(self, frame: Frame, detections: Sequence[Detection]) -> tuple[list[int | None], list[ObjectEvent]]:
+        self.last_frame = max(self.last_frame, frame.mono)
         step = self.tracker.update(detections, frame.mono)
         out: list[ObjectEvent] = []
         for track in self.tracker.tracks:
@@ -79,6 +83,7 @@ class CameraObjects:
 
     def hold(self, frame: Frame) -> list[ObjectEvent]:
         """A frame the motion gate skipped: nothing moved; the clock goes on (stationary states, ends)."""
+        self.last_frame = max(self.last_frame, frame.mono)
         ended = self.tracker.hold(frame.mono)
         out: list[ObjectEvent] = []
         for track in self.tracker.tracks:
@@ -121,7 +126,7 @@ class CameraObjects:
             event.entered = list(event.zones)
             self.open[track.track_id] = event
             self._take_view(track, frame, event)
-            event.last_sent = frame.mono
+            event.last_sent = event.last_saved = frame.mono
             out.append(self._message("new", track, event))
             self.started += 1
             return
@@ -141,9 +146,12 @@ class CameraObjects:
             event.stationary = track.stationary
             event.changed = True
         if event.changed and frame.mono - event.last_sent >= self.events.update_interval_s:
-            event.last_sent = frame.mono
+            event.last_sent = event.last_saved = frame.mono
             out.append(self._message("update", track, event))
             self.updates += 1
+        elif frame.mono - event.last_saved >= self.events.update_interval_s:
+            event.last_saved = frame.mono  # the row only (no message): a crash's end is at most this old
+            out.append(self._message("seen", track, event))
 
     def _end(self, tracks: list[Track], frame: Frame, reason: str, out: list[ObjectEvent]) -> None:
         for track in tracks:
@@ -153,14 +161,15 @@ class CameraObjects:
                 self.ended += 1
 
     def _message(self, kind: str, track: Track, event: _Open, reason: str | None = None) -> ObjectEvent:
-        snapshot = self._encode(event)
+        snapshot = self._encode(event, kind)
         message = ObjectEvent(
             kind, event.event_id, self.camera, track.label, track.track_id, event.start_ms, event.last_ms,
             track.top_score, track.score, track.box, event.stationary,
             list(event.zones) if self._zones else None, list(event.entered) if self._zones else None,
             event.seq, snapshot, event.crop_score if snapshot is not None else None, reason)
-        event.seq += 1
-        event.changed = False
+        if kind != "seen":
+            event.seq += 1
+            event.changed = False
         return message
 
     def _take_view(self, track: Track, frame: Frame, event: _Open) -> None:
@@ -168,7 +177,9 @@ class CameraObjects:
             event.crop = crop_view(frame, track.box, self.events.snapshots.max_width)
         event.crop_score = track.score
 
-    def _encode(self, event: _Open) -> bytes | None:
+    def _encode(self, event: _Open, kind: str) -> bytes | None:
+        if kind == "seen":
+            return None  # a better view waits for a message
         crop, event.crop = event.crop, None
         if crop is None:
             return None
@@ -219,6 +230,7 @@ class ObjectTracking:
         self._lock = threading.Lock()  # cameras come and go on the config thread; frames on the inference thread
         self._cameras: dict[str, CameraObjects] = {}
         self._counts: dict[str, dict[str, int]] = {}
+        self._next_ids: dict[str, int] = {}  # a camera started again goes on counting: ids unique per run
         self.configure(config)
 
     def configure(self, config: AgentConfig) -> None:
@@ -261,10 +273,21 @@ class ObjectTracking:
             counts = camera.counts() if self._on_counts else None
         self._out(frame.camera, messages, counts)
 
+    def tick(self, now: float) -> None:
+        """A camera without frames for `end_after_s` (a finished file, a dead stream) ends its objects: nothing
+        is known of them any more."""
+        with self._lock:
+            silent = [name for name, c in self._cameras.items()
+                      if c.open and now - c.last_frame > self.events.end_after_s]
+        for name in silent:
+            self.close_camera(name, "no_frames")
+
     def close_camera(self, name: str, reason: str = "camera_stopped") -> None:
         with self._lock:
             camera = self._cameras.pop(name, None)
             messages = camera.close(int(time.time() * 1000), reason) if camera is not None else []
+            if camera is not None:
+                self._next_ids[name] = camera.tracker.next_id
         self._out(name, messages, {} if camera is not None and self._on_counts else None)
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -282,7 +305,8 @@ class ObjectTracking:
             config = self._camera_configs.get(name)
             if config is None:
                 return None
-            camera = self._cameras[name] = CameraObjects(config, self.tracking, self.events)
+            camera = self._cameras[name] = CameraObjects(config, self.tracking, self.events,
+                                                         self._next_ids.get(name, 1))
         return camera
 
     def _out(self, camera: str, messages: list[ObjectEvent], counts: dict[str, int] | None) -> None:

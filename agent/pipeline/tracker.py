@@ -70,11 +70,11 @@ class TrackerStep:
 class Tracker:
     """One camera's tracks. Not thread-safe: the inference thread's sink owns it."""
 
-    def __init__(self, config: TrackingConfig, end_after_s: float) -> None:
+    def __init__(self, config: TrackingConfig, end_after_s: float, first_id: int = 1) -> None:
         self.config = config
         self.end_after_s = end_after_s
         self.tracks: list[Track] = []
-        self._next_id = 1
+        self.next_id = first_id
         self._now = 0.0
         self.refused = 0  # new tracks not started because the camera already had max_tracks
 
@@ -195,10 +195,10 @@ class Tracker:
             return None
         mean, cov = kalman.initiate(kalman.xyah(box)[0])
         x1, y1, x2, y2 = det.box
-        track = Track(self._next_id, det.label, det.class_id, det.box, det.score, now, now, mean, cov,
+        track = Track(self.next_id, det.label, det.class_id, det.box, det.score, now, now, mean, cov,
                       confirmed=self.config.min_hits <= 1, anchor=((x1 + x2) / 2, (y1 + y2) / 2),
                       top_score=det.score, anchor_mono=now, predicted_mono=now, predicted_box=box)
-        self._next_id += 1
+        self.next_id += 1
         self.tracks.append(track)
         return track.track_id
 

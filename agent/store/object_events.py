@@ -27,7 +27,7 @@ KIND_PREFIX = "events/objects/"
 class ObjectEvent:
     """One message of an object event, as the tracker side made it."""
 
-    type: str  # new | update | end
+    type: str  # new | update | end; seen: the stored state only (no message), so a crash's end is recent
     event_id: str
     camera: str
     label: str
@@ -69,6 +69,10 @@ def event_payload(e: ObjectEvent, has_snapshot: bool) -> str:
 def save_events(db: sqlite_utils.Database, events: list[ObjectEvent], outbox: bool) -> None:
     """Write each event's state (and its message, with `outbox`); call inside the store's transaction."""
     for e in events:
+        if e.type == "seen":
+            db.execute("UPDATE object_events SET last_ms = ?, score = ?, top_score = ?, box = ? WHERE event_id = ?",
+                       (e.last_ms, e.score, e.top_score, json.dumps(e.box), e.event_id))
+            continue
         if e.snapshot is not None:
             has_snapshot = True
         else:
