@@ -3,6 +3,7 @@ a real Mosquitto across a restart, and Home Assistant discovery built on them.""
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import threading
@@ -58,7 +59,7 @@ def test_an_object_that_walks_into_a_zone_stops_and_leaves_gives_new_updates_and
     assert messages[0].snapshot[:2] == b"\xff\xd8"  # a JPEG with the first message
     updates = [m for m in messages if m.type == "update"]
     times = [m.last_ms for m in updates]
-    assert all(b - a >= 1000 for a, b in zip(times, times[1:]))  # at most one per second
+    assert all(b - a >= 1000 for a, b in itertools.pairwise(times))  # at most one per second
     assert any(m.zones == ["door"] for m in updates) and messages[-1].entered_zones == ["door"]
     assert any(m.stationary for m in updates)  # it stood still for 2 s
     assert len(updates) < 20  # 100 frames of detections, a handful of messages
@@ -95,7 +96,7 @@ def test_events_are_stored_with_their_messages_and_a_crash_leaves_none_open(tmp_
     conn = sqlite3.connect(tmp_path / DB_NAME)
     payloads = [json.loads(p) for (p,) in conn.execute("SELECT payload FROM outbox WHERE kind LIKE 'events/%' "
                                                        "ORDER BY seq")]
-    assert [p["type"] for p in payloads][0] == "new" and payloads[-1]["type"] == "end"
+    assert payloads[0]["type"] == "new" and payloads[-1]["type"] == "end"
     assert payloads[-1]["reason"] == "restart"
     assert _frame(29).wall_ms - 1000 <= payloads[-1]["end_ms"] <= _frame(29).wall_ms  # stored at most 1 s behind
     assert payloads[-1]["seq"] == payloads[-2]["seq"] + 1
