@@ -36,8 +36,9 @@ from agent.pipeline.motion import MotionGate
 from agent.pipeline.objects import ObjectTracking
 from agent.pipeline.quality_loop import QualityLoop, resolve_profile
 from agent.profiles import ProfileError
+from agent.store.object_events import list_events, read_snapshot
 from agent.store.outbox import TELEMETRY, next_session, requeue_dead_letters
-from agent.store.store import Store, StoreError, health_figures
+from agent.store.store import Store, StoreError, health_figures, open_readonly
 from agent.sync.homeassistant import HomeAssistant
 from agent.sync.mqtt_link import ClientSetupError, MqttLink, random_boot_id
 from agent.sync.sync import Syncer
@@ -491,6 +492,20 @@ class Runtime:
             self.detector.close()
         if locked:
             self._parts.release()
+
+    def object_events(self, camera: str | None, limit: int) -> list[dict]:
+        db = open_readonly(self.data_dir)
+        try:
+            return list_events(db, camera, limit)
+        finally:
+            db.conn.close()
+
+    def event_snapshot(self, event_id: str) -> dict | None:
+        db = open_readonly(self.data_dir)
+        try:
+            return read_snapshot(db, event_id)
+        finally:
+            db.conn.close()
 
     def requeue_dead_letters(self) -> int:
         count = requeue_dead_letters(self.store.path)

@@ -15,14 +15,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # Top-level modules every wing may use: the schema, the version, shared helpers.
-BASE = {"agent", "agent.config", "agent.backoff", "agent.measure", "agent.keys", "agent.profiles"}
+BASE = {"agent", "agent.config", "agent.backoff", "agent.measure", "agent.keys", "agent.profiles", "agent.ids"}
 # Wing (or top-level module) → the wings it may import, besides BASE and engines.
 ALLOWED = {
     "agent.demo": set(),
     "agent.device": set(),
     "agent.capture": {"agent.demo"},
     "agent.pipeline": {"agent.capture", "agent.device"},  # the quality loop reads thermal zones and the CPU
-    "agent.store": set(),
+    "agent.store": {"agent.pipeline"},  # object event messages are tracking's (agent.pipeline.object_event)
     "agent.sync": {"agent.store", "agent.device"},
     "agent.control": {"agent.capture", "agent.store", "agent.sync"},
     "agent.fleet": {"agent.sync"},

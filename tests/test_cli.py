@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from agent.cli.console import StatusPrinter
-from agent.store.ids import uuid7
+from agent.ids import uuid7
 from agent.store.store import DB_NAME, connect, migrate, transaction
 from engines.metrics import _iou
 

@@ -206,7 +206,7 @@ def test_remote_config_cannot_reach_outside_the_agents_own_files(tmp_path: Path)
 
 
 def test_snapshot_encoding_respects_the_cap_by_quality_then_size() -> None:
-    from agent.control.snapshot import SnapshotTooLarge, encode_capped
+    from agent.capture.jpeg import SnapshotTooLarge, encode_capped
 
     rng = np.random.default_rng(1)
     image = rng.integers(0, 255, (720, 1280, 3), dtype=np.uint8)  # noise: the hardest image to compress

@@ -3,6 +3,7 @@ a real Mosquitto across a restart, and Home Assistant discovery built on them.""
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import sqlite3
@@ -10,14 +11,16 @@ import threading
 from collections import defaultdict
 from pathlib import Path
 
+import cv2
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.capture.frames import Frame
-from agent.config import AgentConfig, validate_config
+from agent.config import AgentConfig, MqttConfig, validate_config
 from agent.demo.clips import write_tracking_clip
+from agent.fleet.fleet import FleetClient
 from agent.pipeline.objects import CameraObjects
 from agent.runtime import Runtime
 from agent.store.store import DB_NAME, Store
@@ -187,6 +190,20 @@ def test_events_through_a_real_broker_every_new_has_one_end_across_a_broker_rest
             new = next(m for m in messages if m["type"] == "new")
             assert {"event_id", "camera", "label", "track_id", "start_ms", "top_score", "box", "stationary",
                     "seq"} <= set(new)
+        fleet = FleetClient(MqttConfig(host="127.0.0.1", port=broker.port))
+        try:
+            listed = fleet.command(DEVICE, "events", {"camera": "yard"})["result"]["events"]
+            assert {e["event_id"] for e in listed} == stored and all(e["end_ms"] for e in listed)
+            best = max(listed, key=lambda e: e["top_score"])
+            shot = fleet.command(DEVICE, "event_snapshot", {"event_id": best["event_id"]})["result"]
+            jpeg = base64.b64decode(shot["jpeg_base64"])
+            assert len(jpeg) == shot["jpeg_bytes"] <= config.events.snapshots.max_bytes
+            image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+            assert image is not None and image.shape[1] <= config.events.snapshots.max_width
+            missing = fleet.command(DEVICE, "event_snapshot", {"event_id": "0" * 8 + "-0000-7000-8000-" + "0" * 12})
+            assert missing["error"]["code"] == "not_found"
+        finally:
+            fleet.close()
         counts = [json.loads(p) for p in collector_raw(collector, f"edge/{DEVICE}/objects/yard/counts")]
         assert any(sum(c.values()) > 0 for c in counts)
         wait_for(lambda: sum(runtime.objects.counts().get("yard", {}).values()) == 0, what="counts back to zero")

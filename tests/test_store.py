@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import StorageConfig
+from agent.ids import Uuid7Generator, uuid7
 from agent.store import store as store_mod
-from agent.store.ids import Uuid7Generator, uuid7
 from agent.store.store import Store, connect, migrate, trim_by_age, trim_by_size, used_bytes
 from engines import Detection
 from tests.helpers import wait_for

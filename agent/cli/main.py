@@ -8,9 +8,9 @@ import os
 import sys
 
 from agent import __version__
-from agent.cli import bench_commands, fleet_commands, model_commands, run_commands, store_commands
+from agent.cli import bench_commands, fleet_commands, ha_commands, model_commands, run_commands, store_commands
 
-COMMAND_GROUPS = (run_commands, model_commands, store_commands, fleet_commands, bench_commands)
+COMMAND_GROUPS = (run_commands, model_commands, store_commands, fleet_commands, bench_commands, ha_commands)
 
 
 SYSLOG_PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}

@@ -18,12 +18,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent import __version__
+from agent.capture.jpeg import SnapshotTooLarge, encode_capped
 from agent.config import NAME_PATTERN
 from agent.control.config_diff import ApplyError
 from agent.control.config_service import ConfigService, Outcome
 from agent.control.device_api import DeviceControl
 from agent.control.remote_config import redacted
-from agent.control.snapshot import SnapshotTooLarge, encode_capped
 
 MAX_SNAPSHOT_DETECTIONS = 200
 COMMAND_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
@@ -74,6 +74,15 @@ class SnapshotArgs(_Strict):
     quality: int = Field(85, ge=20, le=95)
 
 
+class EventsArgs(_Strict):
+    camera: str | None = Field(None, pattern=NAME_PATTERN)
+    limit: int = Field(50, ge=1, le=500)
+
+
+class EventSnapshotArgs(_Strict):
+    event_id: str = Field(pattern=r"^[0-9a-f-]{36}$")
+
+
 class QualityArgs(_Strict):
     mode: Literal["auto", "fixed"]
     level: str | None = Field(None, description="fixed: the level to hold; auto: where to start from")
@@ -104,10 +113,12 @@ class Commands:
             "get_stats": (NoArgs, self.get_stats),
             "requeue_dead_letters": (NoArgs, self.requeue_dead_letters),
             "quality": (QualityArgs, self.quality),
+            "events": (EventsArgs, self.events),
+            "event_snapshot": (EventSnapshotArgs, self.event_snapshot),
         }
 
     # Answers to these are not kept for redeliveries: running them again changes nothing.
-    READ_ONLY = frozenset({"ping", "get_config", "get_stats", "snapshot"})
+    READ_ONLY = frozenset({"ping", "get_config", "get_stats", "snapshot", "events", "event_snapshot"})
 
     def run(self, name: str, args: BaseModel) -> dict[str, Any]:
         return self.catalogue[name][1](args)
@@ -166,6 +177,24 @@ class Commands:
             "detections_frame": number, "detections": found, "detections_total": len(detections),
             "jpeg_base64": base64.b64encode(jpeg).decode("ascii"), "jpeg_bytes": len(jpeg),
         }
+
+    def events(self, args: EventsArgs) -> dict[str, Any]:
+        """The newest object events from the store, newest first (snapshots by `event_snapshot`)."""
+        return {"events": self.device.object_events(args.camera, args.limit)}
+
+    def event_snapshot(self, args: EventSnapshotArgs) -> dict[str, Any]:
+        found = self.device.event_snapshot(args.event_id)
+        if found is None:
+            raise CommandError("not_found", f"no event {args.event_id} in the store")
+        jpeg = found["jpeg"]
+        if jpeg is None:
+            raise CommandError("unavailable", f"event {args.event_id} has no snapshot (off, or trimmed by retention)")
+        if (packet := self._packet_cap()) is not None and len(jpeg) * 4 // 3 + 4096 > packet:
+            raise CommandError("too_large", f"the snapshot ({len(jpeg)} bytes) does not fit the broker's "
+                                            f"{packet}-byte packet limit; lower events.snapshots.max_bytes")
+        return {"event_id": args.event_id, "camera": found["camera"], "label": found["label"],
+                "ts_ms": found["ts_ms"], "score": found["score"], "jpeg_bytes": len(jpeg),
+                "jpeg_base64": base64.b64encode(jpeg).decode("ascii")}
 
     def restart_pipeline(self, _args: NoArgs) -> dict[str, Any]:
         try:

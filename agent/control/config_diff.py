@@ -32,6 +32,8 @@ class ConfigDiff:
     telemetry_interval: bool = False
     storage: bool = False
     quality: bool = False
+    objects: bool = False  # tracking or events: cameras' trackers start afresh (their open events end)
+    homeassistant: bool = False
 
     def summary(self) -> list[str]:
         """Short phrases for the answer and the log."""
@@ -50,6 +52,10 @@ class ConfigDiff:
             out.append("storage limits updated")
         if self.quality:
             out.append("quality settings updated")
+        if self.objects:
+            out.append("tracking and events updated")
+        if self.homeassistant:
+            out.append("home assistant discovery updated")
         return out
 
 
@@ -69,4 +75,7 @@ def diff_configs(old: AgentConfig, new: AgentConfig) -> ConfigDiff:
     diff.telemetry_interval = old.telemetry.interval_s != new.telemetry.interval_s
     diff.storage = old.storage != new.storage
     diff.quality = old.quality != new.quality
+    diff.objects = old.tracking != new.tracking or old.events != new.events or \
+        [c.zones for c in old.cameras] != [c.zones for c in new.cameras]
+    diff.homeassistant = old.homeassistant != new.homeassistant
     return diff

@@ -46,3 +46,9 @@ class DeviceControl(Protocol):
 
     def requeue_dead_letters(self) -> int:
         """Make the outbox's dead letters pending again (once an ACL or device id is fixed); how many."""
+
+    def object_events(self, camera: str | None, limit: int) -> list[dict[str, Any]]:
+        """The newest object events (without snapshots), newest first."""
+
+    def event_snapshot(self, event_id: str) -> dict[str, Any] | None:
+        """An event's best snapshot: camera, label, jpeg (bytes or None), ts_ms, score; None: no such event."""

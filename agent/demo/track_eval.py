@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import lap
 import numpy as np
 
-from agent.pipeline.tracker import iou_matrix
+from engines.metrics import iou_matrix
 
 Box = Sequence[float]
 FrameObjects = Sequence[tuple[int, Box]]  # (id, box) per object in one frame

@@ -25,11 +25,11 @@ import cv2
 import numpy as np
 
 from agent.capture.frames import Frame
+from agent.capture.jpeg import SnapshotTooLarge, encode_capped
 from agent.config import AgentConfig, CameraConfig, EventsConfig, TrackingConfig
-from agent.control.snapshot import SnapshotTooLarge, encode_capped
+from agent.ids import uuid7
+from agent.pipeline.object_event import ObjectEvent
 from agent.pipeline.tracker import Track, Tracker
-from agent.store.ids import uuid7
-from agent.store.object_events import ObjectEvent
 from engines import Detection
 
 log = logging.getLogger(__name__)

@@ -12,43 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 
 import sqlite_utils
 
+from agent.pipeline.object_event import KIND_PREFIX as KIND_PREFIX  # sync finds the topic here
+from agent.pipeline.object_event import ObjectEvent
 from agent.store.db import bump_counter, transaction
 
 log = logging.getLogger(__name__)
-
-KIND_PREFIX = "events/objects/"
-
-
-@dataclass(slots=True)
-class ObjectEvent:
-    """One message of an object event, as the tracker side made it."""
-
-    type: str  # new | update | end; seen: the stored state only (no message), so a crash's end is recent
-    event_id: str
-    camera: str
-    label: str
-    track_id: int
-    start_ms: int
-    last_ms: int  # when the object was last seen
-    top_score: float
-    score: float
-    box: tuple[float, float, float, float]
-    stationary: bool
-    zones: list[str] | None  # None: the camera has no zones
-    entered_zones: list[str] | None
-    seq: int
-    snapshot: bytes | None = None  # a better snapshot than the stored one (None: unchanged)
-    snapshot_score: float | None = None
-    reason: str | None = None  # end: why (gone, camera stopped, restart)
-
-    @property
-    def kind(self) -> str:
-        return KIND_PREFIX + self.camera
-
 
 def event_payload(e: ObjectEvent, has_snapshot: bool) -> str:
     body: dict = {

@@ -22,9 +22,10 @@ from pathlib import Path
 import sqlite_utils
 
 from agent.config import EventsConfig, StorageConfig
+from agent.ids import uuid7
+from agent.pipeline.object_event import ObjectEvent
 from agent.store.db import bump_counter, connect, transaction
-from agent.store.ids import uuid7
-from agent.store.object_events import ObjectEvent, end_open_events, save_events, trim_events
+from agent.store.object_events import end_open_events, save_events, trim_events
 from agent.store.outbox import Outbox, enqueue_detections, enqueue_readings, trim_outbox
 from engines import Detection
 
