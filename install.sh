@@ -337,6 +337,17 @@ report() {
 }
 
 # -- uninstall ------------------------------------------------------------------------------
+# Home Assistant keeps a retained discovery config for the device: remove it while the agent is still here
+# (best effort: a broker out of reach is said, not fatal).
+clear_homeassistant() {
+    bin=$ROOT/opt/edge-agent/venv/bin/edge-agent
+    config=$ROOT/etc/edge-agent/config.yaml
+    [ -z "$ROOT" ] && [ -x "$bin" ] && [ -f "$config" ] && grep -q '^mqtt:' "$config" || return 0
+    host runuser -u "$SERVICE_USER" -- timeout 30 "$bin" homeassistant clear --config "$config" ||
+        warn "Home Assistant discovery not cleared (broker out of reach?): edge-agent homeassistant clear"
+}
+
+# -- uninstall ------------------------------------------------------------------------------
 uninstall() {
     if [ "$MODE" = purge ] && [ "$YES" = 0 ] && [ "$DRY_RUN" = 0 ]; then
         [ -t 0 ] || die "--purge deletes the config and all stored data: add --yes to confirm"
@@ -344,6 +355,7 @@ uninstall() {
         read -r answer
         case $answer in y|Y|yes) ;; *) die "nothing removed" ;; esac
     fi
+    clear_homeassistant
     unit=$ROOT/etc/systemd/system/$SERVICE.service
     if [ -z "$ROOT" ] && command -v systemctl >/dev/null 2>&1 && [ -f "$unit" ]; then
         host systemctl disable --now "$SERVICE" || true

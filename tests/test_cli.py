@@ -75,7 +75,7 @@ def test_detect_reports_a_missing_model_clearly(tmp_path: Path) -> None:
 
 def test_run_demo_then_inspect_the_store(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    result = cli("run", "--data-dir", str(data), "--duration", "10")  # the demo clips are made first (~7 s on 2 cores)
+    result = cli("run", "--data-dir", str(data), "--duration", "15")  # the demo clips are made first (~8 s on 2 cores)
     assert result.returncode == 0, result.stderr
     assert "demo-1" in result.stdout and "demo-2" in result.stdout  # status lines
     stats = json.loads(cli("store", "stats", "--data-dir", str(data), "--json").stdout)

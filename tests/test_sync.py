@@ -406,7 +406,8 @@ def test_dead_letters_requeued_once_the_acl_is_fixed_reach_the_broker(tmp_path: 
     from agent.store.store import health_figures
 
     acl = tmp_path / "acl"
-    allowed = "".join(f"topic readwrite edge/dev-q2/{t}\n" for t in ("status", "cmd/#", "response/#", "config/#"))
+    allowed = "".join(f"topic readwrite edge/dev-q2/{t}\n"
+                      for t in ("status", "cmd/#", "response/#", "config/#", "events/#", "objects/#"))
     acl.write_text(allowed)  # a mis-set ACL: detections are not allowed
     broker = Mosquitto(tmp_path / "broker", extra_conf=f"acl_file {acl}\n").start()
     runtime = Runtime(validate_config(agent_config(tmp_path, long_clip, broker.port, "dev-q2")))

@@ -75,7 +75,8 @@ def diff_configs(old: AgentConfig, new: AgentConfig) -> ConfigDiff:
     diff.telemetry_interval = old.telemetry.interval_s != new.telemetry.interval_s
     diff.storage = old.storage != new.storage
     diff.quality = old.quality != new.quality
+    old_zones = {c.name: c.zones for c in old.cameras}
     diff.objects = old.tracking != new.tracking or old.events != new.events or \
-        [c.zones for c in old.cameras] != [c.zones for c in new.cameras]
+        any(old_zones.get(c.name, c.zones) != c.zones for c in new.cameras)  # zones of a camera kept
     diff.homeassistant = old.homeassistant != new.homeassistant
     return diff
