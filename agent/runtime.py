@@ -593,6 +593,7 @@ class Runtime:
     def status(self) -> dict:
         """A snapshot for the console, CLI, telemetry, the health page and `get_stats`."""
         quality = self.quality.status() if self.quality is not None else None
+        objects = self.objects.stats()
         cameras = {}
         for name, camera in list(self.cameras.items()):
             stats = asdict(camera.stats())
@@ -609,7 +610,7 @@ class Runtime:
                               frames_shed_total=motion["shed"] + retired.get("shed", 0))
             cameras[name] = {**stats, **summary, **totals, "degraded": self._degraded(name),
                              "target_fps": camera.config.fps, "detect_fps": round(camera.detect_fps, 2),
-                             "priority": camera.config.priority, "motion": motion,
+                             "priority": camera.config.priority, "motion": motion, "objects": objects.get(name),
                              "quality_level": quality["cameras"].get(name) if quality else None,
                              "last_detection": None if last is None else {"ts_ms": last[0], "labels": last[1]}}
         return {
@@ -627,7 +628,7 @@ class Runtime:
             "engine_reloads": self.worker.reloads if self.worker else 0,
             "cameras": cameras,
             "sync": None if self.syncer is None else self.syncer.stats(),
-            "objects": self.objects.stats(),
+            "objects": objects,
             "homeassistant": None if self.homeassistant is None else self.homeassistant.stats(),
             "commands": None if self.channel is None else self.channel.stats(),
             "store": {**self.store.status(), **self._store_figures()},

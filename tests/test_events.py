@@ -250,3 +250,42 @@ def test_discovery_payload_keys_are_home_assistants_documented_ones() -> None:
     assert "via_device" not in block["dev"] and block["avty"][0]["topic"] == "edge/dev-1/status"
     switch = cmps["yard_enabled"]["command_template"]
     assert '"action": "enable"' in switch and "now()" in switch  # a fresh command id every press
+
+
+def test_component_discovery_then_the_clear_command_leaves_nothing_retained(tmp_path: Path, short_clip: Path) -> None:
+    import yaml
+
+    from agent.cli.main import main
+
+    broker = Mosquitto(tmp_path / "broker").start()
+    settings = {
+        "device": {"id": DEVICE},
+        "cameras": [{"name": "yard", "source": str(short_clip), "fps": 10}],
+        "storage": {"path": str(tmp_path / "data")}, "web": {"listen": None},
+        "mqtt": {"host": "127.0.0.1", "port": broker.port},
+        "homeassistant": {"enabled": True, "discovery": "component", "labels": ["circle", "star"]},
+    }
+    runtime = Runtime(validate_config(settings))
+    expected = set(runtime.homeassistant.payloads())
+    watcher = _Retained(broker.port, "homeassistant/#")
+    runtime.start()
+    try:
+        wait_for(lambda: {t for t, p in watcher.messages if p} >= expected, what="every entity's config")
+    finally:
+        runtime.stop()
+        watcher.close()
+    assert len(expected) == 2 * 2 + 4 + 1 and all(t.startswith("homeassistant/") and t.endswith("/config")
+                                                   for t in expected)  # 2 labels × 2, fps, latency, switch, select
+    config = json.loads(next(p for t, p in watcher.messages if t == f"homeassistant/sensor/{DEVICE}/yard_fps/config"))
+    assert "p" not in config and config["device"]["ids"] and config["availability"][0]["topic"].endswith("/status")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    assert main(["homeassistant", "clear", "--config", str(path)]) == 0
+    after = _Retained(broker.port, "homeassistant/#")
+    try:
+        after.client.publish("homeassistant/probe", "x", qos=1)  # retained ones arrive before anything published later
+        wait_for(lambda: after.on("homeassistant/probe"), what="the probe")
+        assert [t for t, p in after.messages if p and t != "homeassistant/probe"] == []
+    finally:
+        after.close()
+        broker.stop()

@@ -145,7 +145,7 @@ def test_agent_and_operator_work_through_the_example_broker(fleet: Fleet, tmp_pa
         wait_for(lambda: runtime.syncer.rows_acked > 20 and runtime.telemetry.readings > 0
                  and runtime.syncer.stats()["in_flight"] == 0, what="detections and telemetry accepted")
         assert runtime.syncer.dead_letters == 0  # everything the agent publishes is allowed
-        assert operator.telemetry("dev-a") is not None
+        wait_for(lambda: operator.telemetry("dev-a", timeout=2.0) is not None, what="retained telemetry")
         assert json.dumps(operator.devices()).count('"online": true') == 1
         assert operator.command("dev-b", "ping", timeout=0.5) is None  # nobody answers for dev-b
     finally:

@@ -20,7 +20,9 @@ from tests.helpers import wait_for
 from tests.mqtt_client import Collector
 
 DEVICE = "dev-q"
-SLA_MS = 30  # the idle p95 here is 6-14 ms; with the hog 60-80 ms (measured on the 2-core CI machine)
+SLA_MS = 30  # at least; 2.5x the idle p95 measured by the test (6-14 ms on one 2-core machine, 20-40 on another)
+IDLE_SLA_MS = 60_000  # while the idle p95 is measured: never a step for latency
+WINDOW_S = 3  # the fast profile's control window
 HOGS = 10
 
 
@@ -29,7 +31,7 @@ def fast_profile(tmp_path: Path) -> Path:
     path = tmp_path / "fast.yaml"
     path.write_text(yaml.safe_dump({
         "name": "fast-test", "default_level": "high", "floor_level": "minimal",
-        "control": {"down_after_s": 2, "up_after_s": 4, "cooldown_s": 2, "undo_window_s": 0, "window_s": 3},
+        "control": {"down_after_s": 2, "up_after_s": 4, "cooldown_s": 2, "undo_window_s": 0, "window_s": WINDOW_S},
         "thermal": {"zones": ["x86_pkg_temp"], "trip_c": 80, "clear_c": 70},
         # no frame's letterbox fits 1 µs: an SLA alert on `pre` within seconds, nothing else affected
         "budgets": {"pre": 0.001, "raise_after_s": 1, "window_s": 5},
@@ -61,9 +63,6 @@ def start(tmp_path: Path, clip: Path, broker: Mosquitto, fps: float = 15, **qual
         "storage": {"path": str(tmp_path / "data")}, "web": {"listen": None},
         "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect": {"initial_s": 0.05, "max_s": 0.3}},
         "quality": {"profile": str(fast_profile(tmp_path)), "sysfs_root": str(tmp_path / "sys"), **quality},
-        # the quality loop alone: tracking's ~1 ms a frame (benchmarks/tracking.py) moves the idle p95 this test
-        # needs well under its SLA across the line on a slow 2-core machine
-        "tracking": {"enabled": False},
     }))
     runtime.start()
     return runtime
@@ -82,12 +81,21 @@ def test_a_cpu_hog_steps_the_level_down_for_latency_and_its_end_brings_it_back(
         tmp_path: Path, short_clip: Path, broker: Mosquitto) -> None:
     events = Collector(broker.port, f"edge/{DEVICE}/events/#", client_id="events")
     write_zone(tmp_path / "sys", 45)
-    runtime = start(tmp_path, short_clip, broker, sla_ms=SLA_MS)
+    runtime = start(tmp_path, short_clip, broker, sla_ms=IDLE_SLA_MS)  # no latency step while idle is measured
     hogs = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(HOGS)]
     try:
-        wait_for(lambda: quality(runtime)["level"] == "high" and (quality(runtime)["signals"] or {}).get(
-            "result_p95_ms") is not None and quality(runtime)["signals"]["result_p95_ms"] < SLA_MS * 0.7,
-                 timeout=60, what="a settled agent at its default level")
+        # The SLA from this machine's own idle p95 (a full window of it): a fixed figure is too tight on a slow
+        # or noisy 2-core machine and too loose on a fast one.
+        wait_for(lambda: (quality(runtime)["signals"] or {}).get("result_p95_ms") is not None
+                 and runtime.status()["uptime_s"] > 2 * WINDOW_S, timeout=60, what="an idle p95 over a full window")
+        idle = quality(runtime)["signals"]["result_p95_ms"]
+        sla = max(SLA_MS, 2.5 * idle)
+        settings = runtime.config.model_dump(mode="json")
+        settings["quality"]["sla_ms"] = sla
+        runtime.apply_config(validate_config(settings))
+        wait_for(lambda: quality(runtime)["level"] == "high"
+                 and quality(runtime)["signals"]["result_p95_ms"] < sla * 0.7, timeout=60,
+                 what=lambda: f"a settled agent at its default level (idle p95 {idle} ms, SLA {sla} ms)")
         before = len(quality(runtime)["transitions"])
         for hog in hogs:
             hog.start()

@@ -149,11 +149,15 @@ def test_metrics_parse_rise_and_stay_monotonic_across_a_pipeline_restart(agent: 
     wait_for(lambda: metrics(agent)[captured][front] > first[captured][front], what="frames rising between scrapes")
     inferred = (("camera", "front"), ("outcome", "inferred"))
     assert first["edge_agent_frames_total"][inferred] > 0
+    new = (("camera", "front"), ("type", "new"))
+    wait_for(lambda: metrics(agent).get("edge_agent_object_events_total", {}).get(new, 0) > 0,
+             what="object events counted")
     before = metrics(agent)
     agent.runtime.restart_pipeline()  # new camera objects, whose own counts start again from zero
     after = metrics(agent)
     for name in (captured, "edge_agent_detections_total"):
         assert after[name][front] >= before[name][front], name
+    assert after["edge_agent_object_events_total"][new] >= before["edge_agent_object_events_total"][new]
     for outcome in ("inferred", "gated", "dropped", "shed"):
         key = (("camera", "front"), ("outcome", outcome))
         assert after["edge_agent_frames_total"][key] >= before["edge_agent_frames_total"][key], outcome

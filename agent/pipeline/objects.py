@@ -34,6 +34,7 @@ from engines import Detection
 
 log = logging.getLogger(__name__)
 
+TOTALS = ("events_started", "updates", "events_ended", "tracks_refused")
 BETTER_SNAPSHOT = 0.02  # a view this much more confident replaces the snapshot
 CROP_MARGIN = 0.4  # of the box's size, on each side
 
@@ -105,6 +106,10 @@ class CameraObjects:
         self.ended += len(out)
         self.open.clear()
         return out
+
+    def totals(self) -> dict[str, int]:
+        return {"events_started": self.started, "updates": self.updates, "events_ended": self.ended,
+                "tracks_refused": self.tracker.refused}
 
     def counts(self) -> dict[str, int]:
         """Objects with an open event, per label: what Home Assistant's sensors show."""
@@ -231,6 +236,7 @@ class ObjectTracking:
         self._cameras: dict[str, CameraObjects] = {}
         self._counts: dict[str, dict[str, int]] = {}
         self._next_ids: dict[str, int] = {}  # a camera started again goes on counting: ids unique per run
+        self._retired: dict[str, dict[str, int]] = {}  # what closed cameras counted: totals never go back
         self.configure(config)
 
     def configure(self, config: AgentConfig) -> None:
@@ -288,16 +294,24 @@ class ObjectTracking:
             messages = camera.close(int(time.time() * 1000), reason) if camera is not None else []
             if camera is not None:
                 self._next_ids[name] = camera.tracker.next_id
+                retired = self._retired.setdefault(name, dict.fromkeys(TOTALS, 0))
+                for key, value in camera.totals().items():
+                    retired[key] += value
         self._out(name, messages, {} if camera is not None and self._on_counts else None)
 
     def counts(self) -> dict[str, dict[str, int]]:
         return {name: dict(c) for name, c in self._counts.items()}
 
     def stats(self) -> dict:
+        """Per camera: tracks and open events now, and totals since start (kept across camera restarts)."""
         with self._lock:
-            return {name: {"tracks": len(c.tracker.tracks), "open_events": len(c.open), "events_started": c.started,
-                           "updates": c.updates, "events_ended": c.ended, "tracks_refused": c.tracker.refused}
-                    for name, c in self._cameras.items()}
+            out = {name: {"tracks": 0, "open_events": 0, **totals} for name, totals in self._retired.items()}
+            for name, c in self._cameras.items():
+                entry = out.setdefault(name, {"tracks": 0, "open_events": 0, **dict.fromkeys(TOTALS, 0)})
+                entry["tracks"], entry["open_events"] = len(c.tracker.tracks), len(c.open)
+                for key, value in c.totals().items():
+                    entry[key] += value
+            return out
 
     def _camera(self, name: str) -> CameraObjects | None:
         camera = self._cameras.get(name)

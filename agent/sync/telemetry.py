@@ -113,6 +113,7 @@ class Telemetry:
             "quality": quality and {k: quality.get(k) for k in ("mode", "profile", "level", "reason", "since_ms",
                                                                  "cameras", "shed", "model_variant", "error")},
             "sla_alerts": (status.get("sla") or {}).get("alerts", []),
+            "objects": status.get("objects"),  # per camera: tracks, open events, event totals
             "store": status.get("store"),
             "sync": status.get("sync"),
             "commands": status.get("commands"),

@@ -51,6 +51,21 @@ class AgentCollector(Collector):
                             {n: c.get("detections", 0) for n, c in cameras.items()})
         yield self._counter("edge_agent_camera_reconnects", "camera reopen attempts",
                             {n: c.get("reconnects_total", 0) for n, c in cameras.items()})
+        objects: dict[str, dict[str, Any]] = status.get("objects") or {}
+        events = CounterMetricFamily("edge_agent_object_events", "object event messages made",
+                                     labels=["camera", "type"])
+        for name, counts in sorted(objects.items()):
+            for kind, key in (("new", "events_started"), ("update", "updates"), ("end", "events_ended")):
+                events.add_metric([name, kind], float(counts.get(key, 0)))
+        yield events
+        tracked = GaugeMetricFamily("edge_agent_objects_tracked", "tracks followed now", labels=["camera"])
+        open_events = GaugeMetricFamily("edge_agent_object_events_open", "objects with an open event",
+                                        labels=["camera"])
+        for name, counts in sorted(objects.items()):
+            tracked.add_metric([name], float(counts.get("tracks", 0)))
+            open_events.add_metric([name], float(counts.get("open_events", 0)))
+        yield tracked
+        yield open_events
         up = GaugeMetricFamily("edge_agent_camera_up", "1 while the camera delivers frames", labels=["camera"])
         fps = GaugeMetricFamily("edge_agent_camera_fps", "frames through inference per second", labels=["camera"])
         for name, cam in sorted(cameras.items()):

@@ -69,6 +69,7 @@ function cameraCard(name, cam) {
       ["motion gate", cam.motion ? (cam.motion.enabled ? `${cam.motion.gated} skipped / ${cam.motion.inferred} inferred` : "off") + (cam.motion.shed ? ` · ${cam.motion.shed} shed` : "") : "–"],
       ["captured / dropped", `${cam.frames_captured ?? "–"} / ${cam.frames_dropped ?? "–"}`],
       ["detections", cam.detections],
+      ["objects", cam.objects ? `${cam.objects.tracks} tracked · ${cam.objects.open_events} in events · ${cam.objects.events_started} events in all` : "–"],
       ["reconnects", `${cam.reconnects ?? 0} · not running ${fmt(cam.outage_s, 0, " s")} in all`],
       ["last detection", cam.last_detection ? `${cam.last_detection.labels.join(", ")} · ${new Date(cam.last_detection.ts_ms).toLocaleTimeString()}` : "–"],
       ["last error", cam.last_error],
