@@ -138,7 +138,7 @@ class _Retained:
 
 @pytest.fixture(scope="module")
 def tracking_clip(clip_dir: Path) -> Path:
-    return write_tracking_clip(clip_dir / "tracking.mp4", seconds=20.0, seed=7, fps=10.0)
+    return write_tracking_clip(clip_dir / "tracking.mp4", seconds=12.0, seed=7, fps=10.0)
 
 
 def test_events_through_a_real_broker_every_new_has_one_end_across_a_broker_restart(
@@ -153,6 +153,7 @@ def test_events_through_a_real_broker_every_new_has_one_end_across_a_broker_rest
         "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect": {"initial_s": 0.05, "max_s": 0.3}},
         "events": {"end_after_s": 1.0},
         "homeassistant": {"enabled": True},
+        "telemetry": {"interval_s": 1},
     })
     runtime = Runtime(config)
     runtime.start()
@@ -207,6 +208,16 @@ def test_events_through_a_real_broker_every_new_has_one_end_across_a_broker_rest
         counts = [json.loads(p) for p in collector_raw(collector, f"edge/{DEVICE}/objects/yard/counts")]
         assert any(sum(c.values()) > 0 for c in counts)
         wait_for(lambda: sum(runtime.objects.counts().get("yard", {}).values()) == 0, what="counts back to zero")
+        # every entity's templates render against what the agent really publishes, and its commands validate
+        counts_topic = f"edge/{DEVICE}/objects/yard/counts"
+        busiest = max(collector.telemetry,  # a reading while the clip played (it has finished by now)
+                      key=lambda t: (t["telemetry"]["cameras"].get("yard") or {}).get("fps") or 0)
+        states = {f"edge/{DEVICE}/telemetry": busiest,
+                  counts_topic: json.loads(collector_raw(collector, counts_topic)[-1])}
+        rendered = check_templates(json.loads(ha.on(discovery)[-1])["cmps"], states)
+        assert rendered["yard_enabled"] == "ON" and float(rendered["yard_fps"]) > 0
+        assert float(rendered["yard_inference_ms"]) > 0 and rendered["quality_level"] in ("auto", "high")
+        assert rendered["yard_circle_count"] == "0" and rendered["yard_circle_occupancy"] == "OFF"
         # Home Assistant restarting asks for discovery again
         before = len(ha.on(discovery))
         ha.client.publish("homeassistant/status", "online", qos=1)
@@ -219,6 +230,30 @@ def test_events_through_a_real_broker_every_new_has_one_end_across_a_broker_rest
         collector.close()
         ha.close()
         broker.stop()
+
+
+def check_templates(cmps: dict, states: dict[str, dict]) -> dict[str, str]:
+    """Render each entity's value_template on its state topic's message, and its command_template for every
+    value it can send, as Home Assistant would (Jinja2, `now()`); commands must pass the agent's own checks."""
+    import datetime
+
+    import jinja2
+
+    from agent.control.commands import CameraArgs, Envelope, QualityArgs
+
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    env.globals["now"] = datetime.datetime.now
+    out = {}
+    for object_id, cmp in cmps.items():
+        out[object_id] = env.from_string(cmp["value_template"]).render(value_json=states[cmp["state_topic"]]).strip()
+        if "command_template" in cmp:
+            values = cmp.get("options") or [cmp["payload_on"], cmp["payload_off"]]
+            for value in values:
+                command = json.loads(env.from_string(cmp["command_template"]).render(value=value))
+                envelope = Envelope.model_validate(command)
+                args_model = CameraArgs if cmp["command_topic"].endswith("/cmd/camera") else QualityArgs
+                args_model.model_validate(envelope.args)
+    return out
 
 
 def collector_raw(collector: Collector, topic: str) -> list[bytes]:
@@ -266,16 +301,16 @@ def test_component_discovery_then_the_clear_command_leaves_nothing_retained(tmp_
         "homeassistant": {"enabled": True, "discovery": "component", "labels": ["circle", "star"]},
     }
     runtime = Runtime(validate_config(settings))
-    expected = set(runtime.homeassistant.payloads())
     watcher = _Retained(broker.port, "homeassistant/#")
     runtime.start()
     try:
+        expected = set(runtime.homeassistant.payloads())
         wait_for(lambda: {t for t, p in watcher.messages if p} >= expected, what="every entity's config")
     finally:
         runtime.stop()
         watcher.close()
-    assert len(expected) == 2 * 2 + 4 + 1 and all(t.startswith("homeassistant/") and t.endswith("/config")
-                                                   for t in expected)  # 2 labels × 2, fps, latency, switch, select
+    assert len(expected) == 2 * 2 + 3 + 1 and all(t.startswith("homeassistant/") and t.endswith("/config")
+                                                   for t in expected)  # 2 labels × 2, fps, latency, switch; select
     config = json.loads(next(p for t, p in watcher.messages if t == f"homeassistant/sensor/{DEVICE}/yard_fps/config"))
     assert "p" not in config and config["device"]["ids"] and config["availability"][0]["topic"].endswith("/status")
     path = tmp_path / "config.yaml"

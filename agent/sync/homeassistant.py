@@ -58,13 +58,14 @@ def components(config: AgentConfig, device_id: str, base: str, labels: list[str]
                 device_class="occupancy",
                 value_template=f"{{{{ 'ON' if (value_json[{key}] | default(0)) > 0 else 'OFF' }}}}")
         cam_key = json.dumps(cam)
+        this = f"(value_json.telemetry.cameras.get({cam_key}) or {{}})"  # a stopped camera is not in telemetry
         add(f"{cam}_fps", "sensor", f"{cam} fps", state_topic=telemetry, entity_category="diagnostic",
-            value_template=f"{{{{ value_json.telemetry.cameras[{cam_key}].fps | default(0) }}}}",
+            value_template=f"{{{{ {this}.get('fps', 0) }}}}",
             unit_of_measurement="fps", state_class="measurement", suggested_display_precision=1)
         add(f"{cam}_inference_ms", "sensor", f"{cam} inference latency", state_topic=telemetry,
             entity_category="diagnostic", unit_of_measurement="ms", device_class="duration",
             state_class="measurement", suggested_display_precision=1,
-            value_template=f"{{{{ value_json.telemetry.cameras[{cam_key}].stages.infer.p50 | default(none) }}}}")
+            value_template=f"{{{{ (({this}.get('stages') or {{}}).get('infer') or {{}}).get('p50_ms') }}}}")
         args_on = json.dumps({"action": "enable", "name": cam})
         args_off = json.dumps({"action": "disable", "name": cam})
         add(f"{cam}_enabled", "switch", f"{cam} enabled", entity_category="config",
