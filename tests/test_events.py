@@ -324,3 +324,34 @@ def test_component_discovery_then_the_clear_command_leaves_nothing_retained(tmp_
     finally:
         after.close()
         broker.stop()
+
+
+def test_snapshots_are_bounded_and_go_before_the_events_they_belong_to(tmp_path: Path) -> None:
+    from agent.pipeline.object_event import ObjectEvent
+    from agent.store.object_events import save_events, trim_events
+    from agent.store.store import open_database, trim_by_size
+
+    db = open_database(tmp_path / DB_NAME, "normal")
+    blob = bytes(200_000)
+    events = [ObjectEvent("end", f"{k:08x}-0000-7000-8000-000000000000", "yard", "car", k, 1000 * k, 1000 * k + 500,
+                          0.9, 0.9, (0, 0, 10, 10), False, None, None, 2, snapshot=blob, snapshot_score=0.9)
+              for k in range(120)]  # 24 MB of snapshots
+    with db.conn:
+        save_events(db, events, outbox=False)
+    trim_events(db, max_events=1000, max_snapshot_bytes=10 * 1024 * 1024, max_age_hours=None, now_ms=200_000)
+    kept = db.execute("SELECT count(*), sum(snapshot_bytes) FROM object_events WHERE snapshot IS NOT NULL").fetchone()
+    assert kept[1] <= 10 * 1024 * 1024 and kept[0] == 52  # the newest 52 (10 MiB / 200 kB)
+    assert db.execute("SELECT count(*) FROM object_events").fetchone()[0] == 120  # events stay
+    oldest_kept = db.execute("SELECT min(start_ms) FROM object_events WHERE snapshot IS NOT NULL").fetchone()[0]
+    assert oldest_kept == 1000 * (120 - 52)
+    with db.conn:
+        save_events(db, [ObjectEvent("end", e.event_id, "yard", "car", e.track_id, e.start_ms, e.last_ms, 0.9,
+                                     0.9, (0, 0, 10, 10), False, None, None, 3, snapshot=blob, snapshot_score=0.95)
+                         for e in events[:90]], outbox=False)  # 18 MB again: over a 16 MB size limit with no detections
+    trim_by_size(db, 16)
+    assert db.execute("SELECT coalesce(sum(snapshot_bytes), 0) FROM object_events").fetchone()[0] < 16 * 1024 * 1024
+    counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+    assert counters["event_snapshots_trimmed"] >= 68
+    trim_events(db, max_events=100, max_snapshot_bytes=1 << 40, max_age_hours=None, now_ms=200_000)
+    assert db.execute("SELECT count(*), min(start_ms) FROM object_events").fetchone() == (100, 20_000)
+    db.conn.close()

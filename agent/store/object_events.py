@@ -125,6 +125,17 @@ def trim_events(db: sqlite_utils.Database, max_events: int, max_snapshot_bytes: 
     return removed
 
 
+def drop_oldest_snapshots(db: sqlite_utils.Database, chunk: int) -> int:
+    """Free space once no detection is left to trim: the oldest snapshots go (their events stay). Counted."""
+    with transaction(db):
+        n = db.execute("UPDATE object_events SET snapshot = NULL, snapshot_bytes = 0 WHERE event_id IN "
+                       "(SELECT event_id FROM object_events WHERE snapshot_bytes > 0 ORDER BY start_ms LIMIT ?)",
+                       (chunk,)).rowcount
+        if n:
+            bump_counter(db, "event_snapshots_trimmed", n)
+    return n
+
+
 def read_snapshot(db: sqlite_utils.Database, event_id: str) -> dict | None:
     row = db.execute("SELECT camera, label, snapshot, snapshot_ms, snapshot_score FROM object_events "
                      "WHERE event_id = ?", (event_id,)).fetchone()

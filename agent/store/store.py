@@ -25,7 +25,7 @@ from agent.config import EventsConfig, StorageConfig
 from agent.ids import uuid7
 from agent.pipeline.object_event import ObjectEvent
 from agent.store.db import bump_counter, connect, transaction
-from agent.store.object_events import end_open_events, save_events, trim_events
+from agent.store.object_events import drop_oldest_snapshots, end_open_events, save_events, trim_events
 from agent.store.outbox import Outbox, enqueue_detections, enqueue_readings, trim_outbox
 from engines import Detection
 
@@ -614,7 +614,8 @@ def trim_for_space(db: sqlite_utils.Database, data_dir: Path, target_bytes: int,
     total = 0
     while not enough() and not (stop and stop.is_set()):
         n = _delete_oldest(db, "", (), "trimmed_for_space", chunk)
-        if n == 0:
+        # no detection left: the oldest event snapshots go next (counted as event_snapshots_trimmed)
+        if n == 0 and drop_oldest_snapshots(db, chunk) == 0:
             break
         total += n
         if shrinks:
@@ -646,7 +647,8 @@ def trim_by_size(db: sqlite_utils.Database, max_size_mb: float | None, chunk: in
     total = 0
     while used_bytes(db) > limit and not (stop and stop.is_set()):
         n = _delete_oldest(db, "", (), "trimmed_by_size", chunk)
-        if n == 0:
+        # no detection left: the oldest event snapshots go next (counted as event_snapshots_trimmed)
+        if n == 0 and drop_oldest_snapshots(db, chunk) == 0:
             break
         total += n
     if total:
