@@ -206,6 +206,13 @@ class Runtime:
         track_ids = self.objects.observe(frame, detections)
         self.store.submit(frame.camera, frame.number, frame.wall_ms, detections, track_ids)
 
+    def _configure_objects(self, config: AgentConfig) -> None:
+        """Tracking, events and their retention, Home Assistant: what follows a config change live."""
+        self.store.events_config = config.events
+        self.objects.configure(config)
+        if self.homeassistant is not None:
+            self.homeassistant.configure(config)
+
     def _model_labels(self) -> list[str]:
         detector = self.detector
         return [] if detector is None else list(detector.info.labels)
@@ -360,10 +367,7 @@ class Runtime:
         if self.store.running:
             self.config = self.config_service.restore()
             self.store.config = self.config.storage
-            self.store.events_config = self.config.events
-            self.objects.configure(self.config)
-            if self.homeassistant is not None:
-                self.homeassistant.configure(self.config)
+            self._configure_objects(self.config)
             self.telemetry.reschedule(self.config.telemetry.interval_s)
         try:
             self.quality = QualityLoop(self.config, self, lambda: self._dynamic_size)
@@ -443,11 +447,8 @@ class Runtime:
             if diff.telemetry_interval:
                 self.telemetry.reschedule(new.telemetry.interval_s)
             self.store.config = new.storage
-            self.store.events_config = new.events
-            self.objects.configure(new)
             self.config = new
-            if self.homeassistant is not None:
-                self.homeassistant.configure(new)
+            self._configure_objects(new)
             if self.quality is not None and (diff.quality or diff.model_reload or diff.cameras_to_start):
                 self.quality.configure(new)
             return diff.summary()
@@ -494,16 +495,16 @@ class Runtime:
             self._parts.release()
 
     def object_events(self, camera: str | None, limit: int) -> list[dict]:
-        db = open_readonly(self.data_dir)
-        try:
-            return list_events(db, camera, limit)
-        finally:
-            db.conn.close()
+        return self._read_store(list_events, camera, limit)
 
     def event_snapshot(self, event_id: str) -> dict | None:
+        return self._read_store(read_snapshot, event_id)
+
+    def _read_store(self, reader, *args):
+        """`reader(db, *args)` on a read-only connection of its own (the writer keeps writing)."""
         db = open_readonly(self.data_dir)
         try:
-            return read_snapshot(db, event_id)
+            return reader(db, *args)
         finally:
             db.conn.close()
 

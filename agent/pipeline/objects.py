@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -66,7 +65,7 @@ class CameraObjects:
         self.events = events
         self.tracker = Tracker(tracking, events.end_after_s, first_id)
         self._zones = [(z.name, np.array(z.points, np.float32).reshape(-1, 1, 2)) for z in camera.zones]
-        self.zone_configs = [z.model_dump() for z in camera.zones]  # to tell a changed camera config
+        self.zone_configs = list(camera.zones)  # to tell a changed camera config
         self.open: dict[int, _Open] = {}  # track id → its event
         self.started = self.updates = self.ended = 0
         self.last_frame = 0.0  # monotonic time of the last frame seen (inferred or held)
@@ -95,7 +94,7 @@ class CameraObjects:
         self._end(ended, frame, "gone", out)
         return out
 
-    def close(self, frame_ms: int, reason: str) -> list[ObjectEvent]:
+    def close(self, reason: str) -> list[ObjectEvent]:
         """Every open event ends (the camera stopped, or tracking was reconfigured)."""
         out: list[ObjectEvent] = []
         tracks = {t.track_id: t for t in self.tracker.end_all()}
@@ -247,13 +246,9 @@ class ObjectTracking:
             stale = [name for name, cam in self._cameras.items()
                      if cam.tracker.config != config.tracking or cam.events != config.events
                      or self._camera_configs.get(name) is None
-                     or [z.model_dump() for z in self._camera_configs[name].zones] != cam.zone_configs]
+                     or self._camera_configs[name].zones != cam.zone_configs]
         for name in stale:
             self.close_camera(name, "reconfigured")
-
-    @property
-    def enabled(self) -> bool:
-        return self.tracking.enabled
 
     def observe(self, frame: Frame, detections: Sequence[Detection]) -> list[int | None] | None:
         """Track ids of `detections` (None: tracking off), and the frame's event messages out."""
@@ -291,7 +286,7 @@ class ObjectTracking:
     def close_camera(self, name: str, reason: str = "camera_stopped") -> None:
         with self._lock:
             camera = self._cameras.pop(name, None)
-            messages = camera.close(int(time.time() * 1000), reason) if camera is not None else []
+            messages = camera.close(reason) if camera is not None else []
             if camera is not None:
                 self._next_ids[name] = camera.tracker.next_id
                 retired = self._retired.setdefault(name, dict.fromkeys(TOTALS, 0))

@@ -107,7 +107,7 @@ class HomeAssistant:
         self._levels = quality_levels
         self._lock = threading.Lock()
         self._counts: dict[str, str] = {}  # camera → latest counts payload (bounded by the cameras)
-        self._published: set[str] = set()  # discovery topics holding a retained config from us
+        self._published: dict[str, str] = {}  # discovery topic → the retained config we left there
         self.publishes = 0
         self.cleared = 0
         # disabled: what an earlier run with discovery on left retained is cleared at the first connect
@@ -146,27 +146,29 @@ class HomeAssistant:
             self._agent_config = config
             self.config = config.homeassistant
         if self.link.connected.is_set():
-            self.publish_discovery()
+            self.publish_discovery(changed_only=True)
 
-    def publish_discovery(self) -> None:
+    def publish_discovery(self, changed_only: bool = False) -> None:
+        """Every config (on connect, on Home Assistant's birth), or only those a config change changed."""
         wanted = self.payloads() if self.config.enabled else {}
         with self._lock:
-            stale = self._published - set(wanted)
-        for topic in stale:
+            published = dict(self._published)
+        for topic in set(published) - set(wanted):
             self._retain(topic, "")
             self.cleared += 1
         for topic, payload in wanted.items():
-            self._retain(topic, payload)
+            if not (changed_only and published.get(topic) == payload):
+                self._retain(topic, payload)
         with self._lock:
-            self._published = (self._published - stale) | set(wanted)
+            self._published = wanted
 
     def clear(self) -> None:
         """Remove every entity this config would publish (uninstall, or disabling)."""
-        topics = set(self.payloads()) | self._published
+        topics = set(self.payloads()) | set(self._published)
         for topic in topics:
             self._retain(topic, "")
         self.cleared += len(topics)
-        self._published.clear()
+        self._published = {}
 
     def publish_counts(self, camera: str, counts: dict[str, int]) -> None:
         """The objects with an open event, per label (every label Home Assistant shows, zeros too)."""
