@@ -18,6 +18,7 @@ import sqlite_utils
 from agent.pipeline.object_event import KIND_PREFIX as KIND_PREFIX  # sync finds the topic here
 from agent.pipeline.object_event import ObjectEvent
 from agent.store.db import bump_counter, transaction
+from agent.store.outbox import enqueue
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +69,7 @@ def save_events(db: sqlite_utils.Database, events: list[ObjectEvent], outbox: bo
              len(e.snapshot) if e.snapshot is not None else 0),
         )
         if outbox:
-            payload = event_payload(e, has_snapshot)
-            db.execute("INSERT INTO outbox(kind, camera, payload, bytes, created_ms) VALUES (?, ?, ?, ?, ?)",
-                       (e.kind, e.camera, payload, len(payload), e.last_ms))
+            enqueue(db, [(e.kind, e.camera, event_payload(e, has_snapshot), e.last_ms)])
 
 
 def end_open_events(db: sqlite_utils.Database, outbox: bool) -> int:

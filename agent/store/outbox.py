@@ -33,15 +33,19 @@ def detection_payload(row: dict) -> str:
     }, separators=(",", ":"))
 
 
+def enqueue(db: sqlite_utils.Database, messages: Iterable[tuple[str, str | None, str, int]]) -> None:
+    """Queue (kind, camera, payload, created_ms) messages; call inside the transaction that stores what
+    they carry."""
+    db.conn.executemany("INSERT INTO outbox(kind, camera, payload, bytes, created_ms) VALUES (?, ?, ?, ?, ?)",
+                        [(kind, camera, p, len(p), created) for kind, camera, p, created in messages])
+
+
 def enqueue_detections(db: sqlite_utils.Database, rows: Iterable[dict]) -> None:
     """Queue detections for sync; call inside the transaction that stores them.
 
     `created_ms` is the frame's capture time, so ages and capture→PUBACK latency
     are measured from the camera, not from the commit."""
-    db.conn.executemany(
-        "INSERT INTO outbox(kind, camera, payload, bytes, created_ms) VALUES (?, ?, ?, ?, ?)",
-        [(DETECTION, r["camera"], p, len(p), r["ts_ms"]) for r in rows for p in [detection_payload(r)]],
-    )
+    enqueue(db, [(DETECTION, r["camera"], detection_payload(r), r["ts_ms"]) for r in rows])
 
 
 def trim_outbox(db: sqlite_utils.Database, max_rows: int, max_bytes: int | None = None) -> int:
@@ -93,8 +97,7 @@ def enqueue_readings(db: sqlite_utils.Database, readings: list[tuple[str, str]])
     """Queue health readings (kind, JSON payload); call inside a transaction."""
     if readings:
         now = int(time.time() * 1000)
-        db.conn.executemany("INSERT INTO outbox(kind, payload, bytes, created_ms) VALUES (?, ?, ?, ?)",
-                            [(kind, p, len(p), now) for kind, p in readings])
+        enqueue(db, [(kind, None, p, now) for kind, p in readings])
 
 
 @dataclass(frozen=True, slots=True)
